@@ -1,0 +1,190 @@
+"""The model's inputs, computed per stream and online: normalised values and the time gap.
+
+One model serves sensors of every scale, so each stream keeps its own running mean
+and variance and the model only ever sees z-scores. Training imports this module and
+feeds each series through it sequentially, so the model learns on exactly the inputs
+it gets in service. Both classes are struct-of-arrays over stream rows so the engine
+can update a whole batch with a handful of numpy operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NormalizerConfig:
+    """How fast a stream's notion of "normal scale" moves.
+
+    `warmup` readings use exact (Welford) statistics so a new stream is usable at
+    once; after that an exponential moving mean/variance with `halflife` readings
+    follows slow drift. Readings beyond `clip_sigma` standard deviations move the
+    statistics only as far as the clip, so a spike does not hide the next spike.
+    """
+
+    warmup: int = 64
+    halflife: float = 1000.0
+    clip_sigma: float = 4.0
+    z_clip: float = 20.0
+    rel_floor: float = 1e-3
+    abs_floor: float = 1e-6
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "warmup": self.warmup,
+            "halflife": self.halflife,
+            "clip_sigma": self.clip_sigma,
+            "z_clip": self.z_clip,
+            "rel_floor": self.rel_floor,
+            "abs_floor": self.abs_floor,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NormalizerConfig:
+        return cls(
+            **{k: type(getattr(cls, k))(v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        )
+
+
+class Normalizer:
+    """Per-stream online mean/variance over `channels` values (rows of a preallocated table)."""
+
+    FIELDS = ("count", "mean", "var")
+
+    def __init__(
+        self, capacity: int, channels: int, config: NormalizerConfig | None = None
+    ) -> None:
+        self.config = config or NormalizerConfig()
+        self.count = np.zeros(capacity, np.int64)
+        self.mean = np.zeros((capacity, channels), np.float64)
+        self.var = np.zeros((capacity, channels), np.float64)
+        self._alpha = 1.0 - 2.0 ** (-1.0 / self.config.halflife)
+
+    def reset(self, rows: np.ndarray) -> None:
+        self.count[rows] = 0
+        self.mean[rows] = 0.0
+        self.var[rows] = 0.0
+
+    def scale(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) used to map z-scores back to sensor units, floored like `step`."""
+        mean = self.mean[rows]
+        return mean, self._std(mean, self.var[rows])
+
+    def step(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """z-scores of readings `x` [B, C] under each stream's statistics *before* it, then learn it.
+
+        Scoring-before-learning keeps a reading from explaining itself away. A
+        stream's first two readings get z = 0: there is no spread to measure yet.
+        """
+        cfg = self.config
+        n = self.count[rows]
+        mean = self.mean[rows]
+        var = self.var[rows]
+        std = self._std(mean, var)
+        z = np.where((n >= 2)[:, None], (x - mean) / std, 0.0)
+        np.clip(z, -cfg.z_clip, cfg.z_clip, out=z)
+
+        warm = (n < cfg.warmup)[:, None]
+        n1 = (n + 1)[:, None].astype(np.float64)
+        delta = x - mean
+        w_mean = mean + delta / n1
+        w_var = var + (delta * (x - w_mean) - var) / n1
+
+        bound = cfg.clip_sigma * std
+        xc = np.clip(x, mean - bound, mean + bound)
+        d = xc - mean
+        e_mean = mean + self._alpha * d
+        e_var = (1.0 - self._alpha) * (var + self._alpha * d * d)
+
+        self.mean[rows] = np.where(warm, w_mean, e_mean)
+        self.var[rows] = np.where(warm, w_var, e_var)
+        self.count[rows] = n + 1
+        return z.astype(np.float32)
+
+    def _std(self, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        floor = np.maximum(cfg.rel_floor * np.abs(mean), cfg.abs_floor)
+        return np.maximum(np.sqrt(np.maximum(var, 0.0)), floor)
+
+
+@dataclass(frozen=True)
+class GapConfig:
+    """The time-gap input: log of the time since the previous reading over the stream's typical period."""
+
+    halflife: float = 50.0
+    clip: float = 4.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"halflife": self.halflife, "clip": self.clip}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GapConfig:
+        return cls(**{k: float(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class GapTracker:
+    """Per-stream typical sampling period (an EMA of log gaps) and the gap feature.
+
+    Irregular sensors are the norm: a reading after a long silence means something
+    different from one on schedule, so the model is told how late each reading is.
+    Gaps are given in seconds and must be positive (the engine drops the rest).
+    """
+
+    FIELDS = ("log_period", "seen")
+
+    def __init__(self, capacity: int, config: GapConfig | None = None) -> None:
+        self.config = config or GapConfig()
+        self.log_period = np.zeros(capacity, np.float64)
+        self.seen = np.zeros(capacity, np.int64)
+        self._alpha = 1.0 - 2.0 ** (-1.0 / self.config.halflife)
+
+    def reset(self, rows: np.ndarray) -> None:
+        self.log_period[rows] = 0.0
+        self.seen[rows] = 0
+
+    def period(self, rows: np.ndarray) -> np.ndarray:
+        """Typical period in seconds; NaN for streams with no gap seen yet."""
+        return np.where(self.seen[rows] > 0, np.exp(self.log_period[rows]), np.nan)
+
+    def step(self, rows: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        """Gap feature for gaps `dt` [B] (NaN for a stream's first reading -> 0), then learn them."""
+        cfg = self.config
+        seen = self.seen[rows]
+        known = np.isfinite(dt) & (dt > 0)
+        log_dt = np.log(np.where(known, dt, 1.0))
+        lp = self.log_period[rows]
+        feature = np.where(known & (seen > 0), log_dt - lp, 0.0)
+        np.clip(feature, -cfg.clip, cfg.clip, out=feature)
+        # A long silence should not redefine the schedule: clip what is learned too.
+        learned = np.where(seen > 0, lp + self._alpha * np.clip(log_dt - lp, -1.0, 1.0), log_dt)
+        self.log_period[rows] = np.where(known, learned, lp)
+        self.seen[rows] = seen + known
+        return feature.astype(np.float32)
+
+
+def encode_series(
+    values: np.ndarray,
+    timestamps: np.ndarray,
+    normalizer: NormalizerConfig | None = None,
+    gap: GapConfig | None = None,
+) -> np.ndarray:
+    """Model inputs [T, C+1] for one series, fed reading by reading exactly as the engine feeds it.
+
+    `values` is [T, C] (finite), `timestamps` [T] seconds, strictly increasing.
+    The last input column is the gap feature. Used by training and tests.
+    """
+    values = np.asarray(values, np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    ts = np.asarray(timestamps, np.float64)
+    norm = Normalizer(1, values.shape[1], normalizer)
+    gaps = GapTracker(1, gap)
+    row = np.zeros(1, np.int64)
+    out = np.empty((len(values), values.shape[1] + 1), np.float32)
+    dt = np.diff(ts, prepend=np.nan)
+    for t in range(len(values)):
+        out[t, :-1] = norm.step(row, values[t : t + 1])[0]
+        out[t, -1] = gaps.step(row, dt[t : t + 1])[0]
+    return out
