@@ -1,0 +1,202 @@
+"""The daemon: wires ingest -> batcher -> engine -> sinks, and owns start-up and shutdown.
+
+Threads: paho's network thread parses and queues; one engine thread forms waves
+and steps the engines (the only writer of engine state); the HTTP thread reads the
+state at scrape time under the same lock. Shutdown order matters for "nothing
+lost": stop taking messages, drain and score what was queued, acknowledge it,
+snapshot, then disconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from .alerts import AlertPublisher
+from .batcher import Batcher, Item
+from .config import Config, RouteConfig
+from .endpoint import Endpoint
+from .engine import EngineSettings, StreamEngine
+from .errors import ConfigError
+from .ingest import Ingest, Route
+from .metrics import BATCH_BOUNDS, INFERENCE_BOUNDS, LATENCY_BOUNDS, Buckets, StreamerCollector
+from .model import DEFAULT_MODEL, StepModel
+from .parse import Parser, PayloadSpec, TopicTemplate
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """The engine thread's loop: waves from the batcher through the engines to the sinks."""
+
+    def __init__(
+        self,
+        engines: list[StreamEngine],
+        route_names: list[str],
+        batcher: Batcher,
+        ingest: Ingest | None = None,
+        alerts: AlertPublisher | None = None,
+    ) -> None:
+        self.engines = engines
+        self.route_names = route_names
+        self.batcher = batcher
+        self.ingest = ingest
+        self.alerts = alerts
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.batch_sizes = Buckets(BATCH_BOUNDS)
+        self.inference = Buckets(INFERENCE_BOUNDS)
+        self.latency = Buckets(LATENCY_BOUNDS)
+        self.waves = 0
+
+    def run(self, idle_s: float = 0.0005) -> None:
+        """Step waves until stopped and drained: every queued reading is scored before we return."""
+        while True:
+            wave = self.batcher.next_wave(flush=self.stop.is_set())
+            if wave:
+                self.process(wave)
+            elif self.stop.is_set() and self.batcher.depth() == 0:
+                return
+            else:
+                time.sleep(idle_s)
+
+    def process(self, wave: list[Item]) -> None:
+        by_route: dict[int, list[Item]] = {}
+        for item in wave:
+            by_route.setdefault(item.route, []).append(item)
+        for route, items in by_route.items():
+            self._step(route, items)
+        if self.ingest is not None:
+            for item in wave:
+                if item.ack is not None:
+                    self.ingest.ack(item.ack)
+        self.waves += 1
+
+    def _step(self, route: int, items: list[Item]) -> None:
+        engine = self.engines[route]
+        ids = [it.stream for it in items]
+        ts = np.fromiter((it.ts for it in items), np.float64, len(items))
+        values = np.array([it.values for it in items], np.float64)
+        with self.lock:
+            t0 = time.perf_counter()
+            wave = engine.step(ids, ts, values)
+            self.inference.observe(time.perf_counter() - t0)
+        self.batch_sizes.observe(len(items))
+        if len(wave.ts):
+            self.latency.observe(time.time() - wave.ts)
+        if self.alerts is not None and (wave.entered.any() or wave.left.any()):
+            self.alerts.publish(self.route_names[route], engine, wave)
+
+    def extra_metrics(self) -> Iterator[Metric]:
+        """Hook for owners of the pipeline to add their own families (snapshots, reloads)."""
+        return iter(())
+
+
+def load_model(route: RouteConfig, cfg: Config) -> StepModel:
+    return StepModel(
+        route.model or DEFAULT_MODEL,
+        provider=cfg.engine.provider,
+        threads=cfg.engine.threads,
+        sha256=route.model_sha256 or None,
+    )
+
+
+def make_route(index: int, route: RouteConfig, model: StepModel, cfg: Config) -> Route:
+    channels = model.info.n_outputs
+    if channels > 1 and len(route.value_fields) != channels:
+        raise ConfigError(
+            f"routes[{index}].value_fields: the model reads {channels} channels "
+            f"{model.info.output_features}, the route names {len(route.value_fields)}"
+        )
+    template = TopicTemplate(route.topic, route.stream_id or None)
+    spec = PayloadSpec(
+        format=route.format,
+        value_fields=tuple(route.value_fields),
+        time_field=route.time_field,
+        time_unit=route.time_unit,
+        max_bytes=cfg.batch.max_payload_bytes,
+    )
+    return Route(index, route.name, template.topic_filter, Parser(template, spec), channels)
+
+
+def engine_settings(cfg: Config) -> EngineSettings:
+    e = cfg.engine
+    return EngineSettings(e.capacity, e.gap_reset, e.warmup, e.enter, e.leave)
+
+
+class Daemon:
+    """`streamer run`: everything wired from one validated Config."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        models = [load_model(r, cfg) for r in cfg.routes]
+        routes = [
+            make_route(i, r, m, cfg)
+            for i, (r, m) in enumerate(zip(cfg.routes, models, strict=True))
+        ]
+        self.engines = [StreamEngine(m, engine_settings(cfg)) for m in models]
+        b = cfg.batch
+        self.batcher = Batcher(b.max_size, b.max_delay_ms / 1000.0, b.queue_size)
+        self.ingest = Ingest(cfg.mqtt, routes, self.batcher)
+        alerts = AlertPublisher(self.ingest.client, cfg.alerts) if cfg.alerts.enabled else None
+        self.pipeline = Pipeline(
+            self.engines, [r.name for r in routes], self.batcher, self.ingest, alerts
+        )
+        self.registry = CollectorRegistry()
+        self.registry.register(StreamerCollector(self.pipeline, cfg.metrics.max_streams))
+        self.endpoint = (
+            Endpoint(cfg.metrics, self.registry, self.ready) if cfg.metrics.enabled else None
+        )
+        self.worker = threading.Thread(target=self.pipeline.run, name="engine", daemon=True)
+        self._stopped = threading.Event()
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.endpoint.port if self.endpoint else None
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.ingest.connected.is_set():
+            return False, f"not connected to broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
+        return True, "ready"
+
+    def start(self) -> None:
+        if self.endpoint:
+            self.endpoint.start()
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.endpoint.port)
+        self.worker.start()
+        self.ingest.start()
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop taking messages, score what was queued, acknowledge it, then disconnect."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("shutting down: draining %d queued readings", self.batcher.depth())
+        self.ingest.stop_taking()
+        self.pipeline.stop.set()
+        self.worker.join(timeout_s)
+        self.ingest.close()
+        if self.endpoint:
+            self.endpoint.stop()
+        log.info("stopped")
+
+    def run_forever(self) -> int:
+        """Until SIGTERM/SIGINT; exit status 0 after a clean shutdown."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        while not done.wait(0.5):
+            if not self.worker.is_alive():
+                log.error("engine thread died; exiting")
+                self.shutdown()
+                return 1
+        self.shutdown()
+        return 0

@@ -1,0 +1,168 @@
+"""The engine: one wave of readings (each stream at most once) through one model call.
+
+Pure: no MQTT, no files, no HTTP. The daemon, the evaluator, the benchmarks and the
+tests all drive this same `step`, so a score measured offline is a score of the
+deployed code path. Per wave: drop what cannot be used (counted), gather each
+stream's rows, score the reading against the prediction made at the stream's
+previous step, advance all hidden states in one onnxruntime run, scatter back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import StepModel
+from .score import CalibrationConfig, gaussian_nll, hysteresis
+from .state import StateStore
+
+# Readings by result: what /metrics shows as streamer_readings_total{result=...}.
+TAKEN = ("scored", "warmup")
+DROPPED = ("not_finite", "out_of_order", "duplicate")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    capacity: int = 100_000
+    gap_reset: float = 20.0
+    warmup: int = 0  # 0 = the model's declared warm-up
+    enter: float = 0.999
+    leave: float = 0.99
+
+
+@dataclass
+class Wave:
+    """What one step did, for the sinks (alerts, latency) and for replay."""
+
+    ids: list[str]  # readings taken, in the order given
+    rows: np.ndarray
+    ts: np.ndarray
+    raw: np.ndarray  # NaN where the stream had no prediction yet
+    score: np.ndarray
+    anomalous: np.ndarray
+    entered: np.ndarray
+    left: np.ndarray
+
+
+class StreamEngine:
+    """Per-stream state for one step model, advanced a wave at a time."""
+
+    def __init__(
+        self,
+        model: StepModel,
+        settings: EngineSettings | None = None,
+        calibration: CalibrationConfig | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings or EngineSettings()
+        info = model.info
+        self.channels = info.n_outputs
+        self.warmup = self.settings.warmup or info.warmup
+        self.store = StateStore(
+            self.settings.capacity,
+            info.state_size,
+            self.channels,
+            info.normalizer,
+            info.gap,
+            calibration or CalibrationConfig.from_dict(info.extra.get("calibration", {})),
+        )
+        self.counts: Counter[str] = Counter()
+
+    def step(self, ids: Sequence[str], ts: Sequence[float], values: np.ndarray) -> Wave:
+        """Score and learn one reading per stream. `ids` must be distinct; values [B, channels]."""
+        ids = list(ids)
+        ts = np.asarray(ts, np.float64)
+        values = np.asarray(values, np.float64).reshape(len(ids), self.channels)
+        finite = np.isfinite(values).all(axis=1) & np.isfinite(ts)
+        ids, ts, values = self._keep(finite, "not_finite", ids, ts, values)
+
+        store = self.store
+        rows, _ = store.lookup(ids)
+        dt = ts - store.last_ts[rows]
+        fresh = ~(dt <= 0)  # NaN (a stream's first reading) is fresh
+        if not fresh.all():
+            self.counts["out_of_order"] += int((dt < 0).sum())
+            self.counts["duplicate"] += int((dt == 0).sum())
+            ids, ts, values, rows, dt = (_take(a, fresh) for a in (ids, ts, values, rows, dt))
+
+        self._reset_after_gaps(rows, dt)
+        norm_mean, norm_std = store.normalizer.scale(rows)
+        z = store.normalizer.step(rows, values)
+        gap = store.gaps.step(rows, dt)
+        raw, score, contrib = self._score(rows, z)
+
+        seen = store.seen[rows] + 1
+        may_alert = store.has_pred[rows] & (seen > self.warmup)
+        flags, entered, left = hysteresis(
+            store.anomalous[rows], score, self.settings.enter, self.settings.leave, may_alert
+        )
+        self._expect(rows, values, norm_mean, norm_std)
+
+        x = np.concatenate([z, gap[:, None]], axis=1)
+        mean, log_var, h_next = self.model.step(x, store.h[rows])
+        store.h[rows] = h_next
+        store.pred_mean[rows] = mean
+        store.pred_log_var[rows] = log_var
+        store.has_pred[rows] = True
+        store.last_ts[rows] = ts
+        store.seen[rows] = seen
+        store.value[rows] = values
+        store.raw[rows] = raw
+        store.score[rows] = score
+        store.contrib[rows] = contrib
+        store.anomalous[rows] = flags
+        store.anomalies[rows] += entered
+        store.updated[rows] = ts
+
+        n_scored = int(may_alert.sum())
+        self.counts["scored"] += n_scored
+        self.counts["warmup"] += len(ids) - n_scored
+        self.counts["anomalies"] += int(entered.sum())
+        return Wave(ids, rows, ts, raw, score, flags, entered, left)
+
+    def _keep(self, mask: np.ndarray, reason: str, ids: list[str], *arrays: np.ndarray):
+        if mask.all():
+            return (ids, *arrays)
+        self.counts[reason] += int((~mask).sum())
+        return (_take(ids, mask), *(a[mask] for a in arrays))
+
+    def _reset_after_gaps(self, rows: np.ndarray, dt: np.ndarray) -> None:
+        """After a long silence the old context misleads more than it helps: start the state afresh."""
+        period = self.store.gaps.period(rows)
+        with np.errstate(invalid="ignore"):
+            gone = dt > self.settings.gap_reset * period
+        if gone.any():
+            reset = rows[gone]
+            self.store.h[reset] = 0.0
+            self.store.has_pred[reset] = False
+            self.counts["gap_resets"] += int(gone.sum())
+
+    def _score(self, rows: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        store = self.store
+        has = store.has_pred[rows]
+        nll, contrib = gaussian_nll(z, store.pred_mean[rows], store.pred_log_var[rows])
+        raw = np.where(has, nll, np.nan).astype(np.float32)
+        score = np.zeros(len(rows), np.float32)
+        if has.any():
+            score[has] = store.calibrator.step(rows[has], nll[has])
+        return raw, score, contrib.astype(np.int16)
+
+    def _expect(
+        self, rows: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray
+    ) -> None:
+        """Expected value and 2-sigma band in sensor units: the previous step's prediction, denormalised."""
+        store = self.store
+        has = store.has_pred[rows][:, None]
+        pred = mean + std * store.pred_mean[rows]
+        store.expected[rows] = np.where(has, pred, values)
+        store.band[rows] = np.where(has, 2.0 * std * np.exp(0.5 * store.pred_log_var[rows]), 0.0)
+
+
+def _take(seq, mask: np.ndarray):
+    """`seq[mask]` for arrays and lists alike."""
+    if isinstance(seq, np.ndarray):
+        return seq[mask]
+    return [s for s, keep in zip(seq, mask, strict=True) if keep]

@@ -1,0 +1,129 @@
+"""Per-stream state as struct-of-arrays: one preallocated row per stream, a dict from id to row.
+
+Rows, not objects, so a whole wave of streams is gathered and scattered with one
+numpy fancy-index per field, and a million streams cost a few hundred bytes each.
+The id map is ordered by last use, so evicting the least recently seen stream when
+the store is full is O(1).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from .normalize import GapConfig, GapTracker, Normalizer, NormalizerConfig
+from .score import CalibrationConfig, Calibrator
+
+
+class StateStore:
+    """All per-stream state of one model: recurrent state, inputs, calibration and last outputs."""
+
+    # Fields owned directly by the store (name, dtype, per-row shape: "S" state, "C" channels).
+    FIELDS: tuple[tuple[str, str, str], ...] = (
+        ("h", "float32", "S"),
+        ("pred_mean", "float32", "C"),
+        ("pred_log_var", "float32", "C"),
+        ("has_pred", "bool", ""),
+        ("last_ts", "float64", ""),
+        ("seen", "int64", ""),
+        ("value", "float32", "C"),
+        ("expected", "float32", "C"),
+        ("band", "float32", "C"),
+        ("raw", "float32", ""),
+        ("score", "float32", ""),
+        ("contrib", "int16", ""),
+        ("anomalous", "bool", ""),
+        ("anomalies", "int64", ""),
+        ("updated", "float64", ""),
+    )
+
+    def __init__(
+        self,
+        capacity: int,
+        state_size: int,
+        channels: int,
+        normalizer: NormalizerConfig | None = None,
+        gap: GapConfig | None = None,
+        calibration: CalibrationConfig | None = None,
+    ) -> None:
+        self.capacity = capacity
+        self.state_size = state_size
+        self.channels = channels
+        dims = {"S": (state_size,), "C": (channels,), "": ()}
+        for name, dtype, dim in self.FIELDS:
+            setattr(self, name, np.zeros((capacity, *dims[dim]), dtype))
+        self.last_ts[:] = np.nan
+        self.normalizer = Normalizer(capacity, channels, normalizer)
+        self.gaps = GapTracker(capacity, gap)
+        self.calibrator = Calibrator(capacity, calibration)
+        self.index: OrderedDict[str, int] = OrderedDict()
+        self.ids: list[str | None] = [None] * capacity
+        self._free = list(range(capacity - 1, -1, -1))
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def lookup(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, is_new) for stream ids (distinct), allocating rows for new ones.
+
+        A new stream takes a free row or, when none is left, the row of the least
+        recently seen stream (counted in `evicted`). Every id looked up becomes the
+        most recently seen, so a wave never evicts one of its own streams as long as
+        the capacity is at least the wave size.
+        """
+        index = self.index
+        rows = np.empty(len(ids), np.int64)
+        new = np.zeros(len(ids), bool)
+        for i, sid in enumerate(ids):
+            row = index.get(sid)
+            if row is None:
+                row = self._allocate(sid)
+                new[i] = True
+            else:
+                index.move_to_end(sid)
+            rows[i] = row
+        if new.any():
+            self.reset(rows[new])
+        return rows, new
+
+    def _allocate(self, sid: str) -> int:
+        if self._free:
+            row = self._free.pop()
+        else:
+            _, row = self.index.popitem(last=False)
+            self.ids[row] = None
+            self.evicted += 1
+        self.index[sid] = row
+        self.ids[row] = sid
+        return row
+
+    def reset(self, rows: np.ndarray) -> None:
+        """Forget everything about these rows: a new stream starts from the model's zero state."""
+        for name, _, _ in self.FIELDS:
+            getattr(self, name)[rows] = 0
+        self.last_ts[rows] = np.nan
+        self.normalizer.reset(rows)
+        self.gaps.reset(rows)
+        self.calibrator.reset(rows)
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Rows of known streams (no allocation); -1 for unknown ones."""
+        return np.array([self.index.get(s, -1) for s in ids], np.int64)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every per-row array by a stable name: what a snapshot saves and restores."""
+        out = {name: getattr(self, name) for name, _, _ in self.FIELDS}
+        for prefix, part in (
+            ("norm", self.normalizer),
+            ("gap", self.gaps),
+            ("cal", self.calibrator),
+        ):
+            out.update({f"{prefix}.{f}": getattr(part, f) for f in part.FIELDS})
+        return out
+
+    def bytes_per_stream(self) -> int:
+        """Bytes of numpy state per row (the id map and id strings come on top)."""
+        return sum(a[0].nbytes if a.ndim > 1 else a.itemsize for a in self.arrays().values())

@@ -1,0 +1,128 @@
+"""Real services for the tests: a Mosquitto per test on a free loopback port, a step model, a daemon."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from streamer import config
+from streamer.app import Daemon
+from streamer.broker import Mosquitto
+from streamer.model import DEFAULT_MODEL
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float = 20.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(workdir=tmp_path / "mosquitto") as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The shipped default model: the tests exercise what users run."""
+    assert DEFAULT_MODEL.is_file(), (
+        f"the default model {DEFAULT_MODEL} is missing: run `streamer train-default`"
+    )
+    return DEFAULT_MODEL
+
+
+def daemon_config(broker: Mosquitto, **overrides: str) -> config.Config:
+    """A daemon config for `broker`, metrics on a free port; overrides as STREAMER_* env names."""
+    env = {
+        "STREAMER_MQTT_PORT": str(broker.port),
+        "STREAMER_MQTT_CLIENT_ID": "streamer-test",
+        "STREAMER_METRICS_PORT": "0",
+        "STREAMER_BATCH_MAX_DELAY_MS": "2",
+        **overrides,
+    }
+    return config.load(environ=env)
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[[config.Config], Daemon]]:
+    started: list[Daemon] = []
+
+    def start(cfg: config.Config) -> Daemon:
+        d = Daemon(cfg)
+        d.start()
+        started.append(d)
+        wait_until(d.ingest.connected.is_set, what="daemon connected")
+        time.sleep(0.2)  # subscriptions are made in on_connect; give SUBACK a moment
+        return d
+
+    yield start
+    for d in started:
+        d.shutdown()
+
+
+class Client:
+    """A plain paho client for tests: publish, and collect what arrives on subscribed filters."""
+
+    def __init__(self, port: int, client_id: str = "") -> None:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self.received: list[mqtt.MQTTMessage] = []
+        self._lock = threading.Lock()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.received.append(msg)
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *a: done.set()
+        self.client.subscribe(topic, qos)
+        assert done.wait(5), "no SUBACK"
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def mqtt_client(broker: Mosquitto) -> Iterator[Client]:
+    c = Client(broker.port)
+    yield c
+    c.close()
+
+
+def scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text format, or None."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if (head == name and not labels) or head == f"{name}{{{want}}}":
+            return float(value)
+    return None
