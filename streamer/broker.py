@@ -69,6 +69,7 @@ class Mosquitto:
         self.binary = binary
         self.port = port or free_port()
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="streamer-mqtt-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
             CONFIG.format(

@@ -92,10 +92,16 @@ class ModelInfo:
         missing = sorted(k for k in known - {"warmup"} if k not in d)
         if missing:
             raise ModelError(f"model metadata lacks {', '.join(META_PREFIX + k for k in missing)}")
+        _check_field_types(d)
+        try:
+            normalizer = NormalizerConfig.from_dict(d.get("normalizer", {}))
+            gap = GapConfig.from_dict(d.get("gap", {}))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ModelError(f"model metadata has invalid normalizer/gap parameters: {e}") from None
         info = cls(
             **{k: d[k] for k in known if k in d},
-            normalizer=NormalizerConfig.from_dict(d.get("normalizer", {})),
-            gap=GapConfig.from_dict(d.get("gap", {})),
+            normalizer=normalizer,
+            gap=gap,
             extra={
                 k: v
                 for k, v in d.items()
@@ -110,6 +116,25 @@ class ModelInfo:
                 f"layers={info.layers} hidden={info.hidden_size} ({info.state_size})"
             )
         return info
+
+
+def _check_field_types(d: dict) -> None:
+    """Metadata is whatever the file's maker wrote: a wrong JSON type must be refused here,
+    not surface later as a TypeError or a nonsense state size."""
+
+    def refuse(key: str, want: str) -> None:
+        raise ModelError(f"metadata {META_PREFIX}{key} must be {want}, got {d[key]!r}")
+
+    for key, least in (("layers", 1), ("hidden_size", 1), ("warmup", 0)):
+        if key in d and not (type(d[key]) is int and d[key] >= least):
+            refuse(key, f"an integer >= {least}")
+    for key in ("input_features", "output_features"):
+        names = d[key]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            refuse(key, "a non-empty list of names")
+    for key in ("normalizer", "gap"):
+        if key in d and not isinstance(d[key], dict):
+            refuse(key, "an object")
 
 
 def file_sha256(path: Path) -> str:
@@ -199,6 +224,12 @@ class StepModel:
         return self.info.state_size
 
     def step(self, x: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, log_var, h_next) for a batch; x [B, F] and h [B, S] float32."""
+        """(mean, log_var, h_next) for a batch; x [B, F] and h [B, S] float32.
+
+        An empty batch never reaches onnxruntime: some builds abort the process on B = 0.
+        """
+        if len(x) == 0:
+            empty = np.zeros((0, self.info.n_outputs), np.float32)
+            return empty, empty.copy(), np.zeros((0, self.state_size), np.float32)
         mean, log_var, h_next = self.session.run(["mean", "log_var", "h_next"], {"x": x, "h": h})
         return mean, log_var, h_next

@@ -29,7 +29,7 @@ class NormalizerConfig:
     clip_sigma: float = 4.0
     z_clip: float = 20.0
     rel_floor: float = 1e-3
-    abs_floor: float = 1e-6
+    abs_floor: float = 1e-9
 
     def to_dict(self) -> dict[str, float]:
         return {

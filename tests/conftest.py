@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import urllib.request
@@ -116,13 +117,21 @@ def scrape(port: int, path: str = "/metrics") -> str:
         return r.read().decode()
 
 
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample in Prometheus text format, or None."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of `name` in Prometheus text format."""
+    out = []
     for line in text.splitlines():
-        if line.startswith("#"):
+        if not line.startswith(name):
             continue
         head, _, value = line.rpartition(" ")
-        if (head == name and not labels) or head == f"{name}{{{want}}}":
-            return float(value)
-    return None
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+        out.append((labels, float(value)))
+    return out
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample of `name` whose labels are exactly `labels`, or None."""
+    return next((v for lv, v in samples(text, name) if lv == labels), None)

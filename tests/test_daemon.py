@@ -1,0 +1,183 @@
+"""The daemon end to end against a real Mosquitto: formats, metrics, alerts, isolation, faults, shutdown."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orjson
+from conftest import Client, daemon_config, metric_value, samples, scrape, wait_until
+
+from streamer.engine import StreamEngine
+from streamer.model import StepModel
+
+T0 = 1_700_000_000.0
+
+
+def taken(daemon) -> int:
+    c = daemon.engines[0].counts
+    return c["scored"] + c["warmup"]
+
+
+def series(n: int, phase: float, spike_at: int | None = None) -> np.ndarray:
+    v = (
+        20
+        + np.sin(np.arange(n) / 6.0 + phase)
+        + 0.01 * np.random.default_rng(int(phase * 10)).standard_normal(n)
+    )
+    if spike_at is not None:
+        v[spike_at] += 40
+    return v
+
+
+def test_every_payload_format_is_scored_and_exported(broker, start_daemon, mqtt_client):
+    d = start_daemon(daemon_config(broker))
+    c = mqtt_client
+    c.publish("sensors/num", b"21.5")
+    c.publish("sensors/obj", orjson.dumps({"value": 1.0, "ts": T0}))
+    c.publish("sensors/obj", orjson.dumps({"value": 2.0, "ts": (T0 + 1) * 1000}))  # epoch ms
+    c.publish(
+        "sensors/obj", orjson.dumps({"value": 3.0, "ts": "2023-11-14T22:13:22Z"})
+    )  # T0 + 2, ISO
+    c.publish("sensors/arr", orjson.dumps([{"value": i, "ts": T0 + i} for i in range(5)]))
+    senml = [{"bn": "dev1/", "bt": T0, "n": "temp", "v": 20.0}, {"n": "temp", "t": 1, "v": 20.5}]
+    c.publish("sensors/pack", orjson.dumps(senml))
+    wait_until(lambda: taken(d) == 1 + 3 + 5 + 2, what="11 readings taken")
+    store = d.engines[0].store
+    assert set(store.index) == {"num", "obj", "arr", "pack/dev1/temp"}
+    assert store.last_ts[store.index["obj"]] == T0 + 2
+    text = scrape(d.metrics_port)
+    assert metric_value(text, "streamer_stream_readings_total", route="sensors", stream="arr") == 5
+    assert (
+        metric_value(
+            text, "streamer_stream_value", route="sensors", stream="pack/dev1/temp", channel="value"
+        )
+        == 20.5
+    )
+    assert metric_value(text, "streamer_messages_total", route="sensors") == 6
+    assert scrape(d.metrics_port, "/readyz").strip() == "ready"
+    assert scrape(d.metrics_port, "/healthz").strip() == "ok"
+
+
+def test_bad_input_is_counted_by_reason_and_does_not_stop_anything(
+    broker, start_daemon, mqtt_client
+):
+    d = start_daemon(daemon_config(broker))
+    c = mqtt_client
+    for payload in (
+        b"",
+        b"\xff\xfe",
+        b"{not json",
+        b'{"value": "abc"}',
+        b'{"value": true}',
+        b"x" * 70000,
+    ):
+        c.publish("sensors/bad", payload)
+    c.publish("sensors/bad", b"NaN")
+    c.publish("sensors/good", b"1.0")
+    wait_until(lambda: taken(d) == 1, what="the good reading")
+    text = scrape(d.metrics_port)
+    errors = {labels["reason"]: v for labels, v in samples(text, "streamer_parse_errors_total")}
+    assert sum(errors.values()) == 6 and "oversized" in errors
+    assert (
+        metric_value(text, "streamer_readings_dropped_total", reason="not_finite", route="sensors")
+        == 1
+    )
+    assert d.worker.is_alive()
+
+
+def publish_fleet(client: Client, streams: dict[str, np.ndarray], junk_every: int = 0) -> int:
+    """Publish each stream's series in time order, interleaved; return the readings published."""
+    n = len(next(iter(streams.values())))
+    for t in range(n):
+        for sid, values in streams.items():
+            client.client.publish(
+                f"sensors/{sid}", orjson.dumps({"value": float(values[t]), "ts": T0 + 60 * t}), qos=1
+            )
+            if junk_every and t % junk_every == 0:
+                client.client.publish(f"sensors/{sid}", b'{"value": "garbage"}', qos=1)
+                client.client.publish(
+                    "sensors/junk", orjson.dumps({"value": float(t), "ts": T0 - t}), qos=1
+                )
+    return n * len(streams)
+
+
+def test_mqtt_path_equals_direct_engine_replay(broker, start_daemon, mqtt_client, model_path):
+    streams = {f"m{i}": series(150, i) for i in range(3)}
+    d = start_daemon(daemon_config(broker))
+    n = publish_fleet(mqtt_client, streams, junk_every=5)
+    wait_until(lambda: taken(d) >= n, what="all readings")
+    replay = StreamEngine(StepModel(model_path))
+    for t in range(150):
+        replay.step(list(streams), [T0 + 60 * t] * 3, [[v[t]] for v in streams.values()])
+    live = d.engines[0].store
+    with d.pipeline.lock:
+        rows = live.rows_of(list(streams))
+        for field in ("score", "raw", "h", "expected", "anomalies"):
+            assert np.array_equal(
+                getattr(live, field)[rows],
+                getattr(replay.store, field)[replay.store.rows_of(list(streams))],
+            ), field
+
+
+def test_anomaly_enter_and_leave_events_on_mqtt(broker, start_daemon, mqtt_client):
+    d = start_daemon(daemon_config(broker, STREAMER_ENGINE_WARMUP="30"))
+    mqtt_client.subscribe("streamer/alerts/#")
+    publish_fleet(mqtt_client, {"hot": series(200, 0.0, spike_at=150)})
+    wait_until(lambda: taken(d) >= 200, what="all readings")
+    wait_until(lambda: len(mqtt_client.received) >= 2, what="enter and leave events")
+    events = [orjson.loads(m.payload) for m in mqtt_client.received]
+    enter = next(e for e in events if e["event"] == "enter")
+    assert enter["stream"] == "hot" and enter["time"] == T0 + 60 * 150
+    assert enter["observed"][0] > enter["expected"][0] + enter["band"][0]
+    assert any(e["event"] == "leave" for e in events)
+    assert mqtt_client.received[0].topic == "streamer/alerts/hot"
+
+
+def test_reconnects_and_resubscribes_after_broker_restart(broker, start_daemon, mqtt_client):
+    d = start_daemon(
+        daemon_config(
+            broker, STREAMER_MQTT_RECONNECT_MIN_S="0.2", STREAMER_MQTT_RECONNECT_MAX_S="1"
+        )
+    )
+    mqtt_client.publish("sensors/a", b"1")
+    wait_until(lambda: taken(d) == 1, what="first reading")
+    broker.restart()
+    wait_until(lambda: d.ingest.connects >= 2, what="reconnect")
+    time.sleep(0.3)
+    c2 = Client(broker.port)
+    c2.publish("sensors/a", b"2")
+    wait_until(lambda: taken(d) == 2, what="reading after the restart")
+    c2.close()
+    assert metric_value(scrape(d.metrics_port), "streamer_mqtt_reconnects_total") >= 1
+
+
+def test_shutdown_drains_the_queue(broker, start_daemon, mqtt_client):
+    d = start_daemon(daemon_config(broker, STREAMER_BATCH_MAX_DELAY_MS="50"))
+    n = publish_fleet(mqtt_client, {f"q{i}": series(100, i) for i in range(5)})
+    wait_until(lambda: d.ingest.messages["sensors"] >= n, what="all messages received")
+    d.shutdown()
+    assert taken(d) == n
+
+
+def test_sigterm_exits_zero(broker, tmp_path):
+    env = {**os.environ, "STREAMER_MQTT_PORT": str(broker.port), "STREAMER_METRICS_PORT": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "run"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    c = Client(broker.port)
+    try:
+        deadline = time.monotonic() + 20
+        log = ""
+        while "connected to" not in log and time.monotonic() < deadline:
+            log += proc.stderr.readline()
+        c.publish("sensors/x", b"1.0")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        c.close()
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,143 @@
+"""The engine on its own: what it drops and counts, isolation between streams, eviction, gaps, alerts."""
+
+import numpy as np
+import pytest
+
+from streamer.engine import EngineSettings, StreamEngine
+from streamer.model import StepModel
+from streamer.score import hysteresis
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return StepModel(model_path)
+
+
+def replay(engine: StreamEngine, ids: list[str], ts: np.ndarray, values: np.ndarray) -> list:
+    """One wave per time step, every stream in each wave; the waves' results."""
+    return [engine.step(ids, ts[t], values[t]) for t in range(len(ts))]
+
+
+def fleet(
+    n_streams: int = 4, steps: int = 300, seed: int = 0
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)[:, None]
+    values = (
+        10 * np.arange(1, n_streams + 1)
+        + np.sin(t / 10.0 + np.arange(n_streams))
+        + 0.1 * rng.standard_normal((steps, n_streams))
+    )
+    ts = 1.7e9 + 60.0 * np.repeat(t, n_streams, axis=1)
+    return [f"s{i}" for i in range(n_streams)], ts, values[..., None]
+
+
+def test_scores_only_after_a_prediction_and_in_range(model):
+    engine = StreamEngine(model)
+    ids, ts, values = fleet()
+    waves = replay(engine, ids, ts, values)
+    assert np.isnan(waves[0].raw).all()  # nothing predicted a stream's first reading
+    later = np.array([w.score for w in waves[1:]])
+    assert np.isfinite(later).all() and (later >= 0).all() and (later <= 1).all()
+    assert engine.counts["scored"] + engine.counts["warmup"] == ts.size
+
+
+def test_bad_readings_are_counted_and_never_reach_the_model(model):
+    engine = StreamEngine(model)
+    engine.step(["a", "b"], [100.0, 100.0], [[1.0], [2.0]])
+    h_before = engine.store.h.copy()
+    wave = engine.step(
+        ["a", "b", "c", "d"], [100.0, 99.0, np.nan, 5.0], [[1.0], [2.0], [3.0], [np.inf]]
+    )
+    assert wave.ids == []
+    assert engine.counts["duplicate"] == 1
+    assert engine.counts["out_of_order"] == 1
+    assert engine.counts["not_finite"] == 2
+    assert np.array_equal(engine.store.h, h_before)
+    assert "c" not in engine.store.index and "d" not in engine.store.index
+
+
+def test_one_streams_garbage_leaves_the_others_bit_identical(model):
+    ids, ts, values = fleet()
+    clean = StreamEngine(model)
+    replay(clean, ids, ts, values)
+    dirty = StreamEngine(model)
+    bad_values = values.copy()
+    bad_values[::7, 0, 0] = np.nan
+    bad_ts = ts.copy()
+    bad_ts[::11, 0] = bad_ts[::11, 0] - 1e6  # out of order
+    replay(dirty, ids, bad_ts, bad_values)
+    rows_c, rows_d = clean.store.rows_of(ids[1:]), dirty.store.rows_of(ids[1:])
+    for field in ("h", "score", "raw", "expected", "pred_mean"):
+        assert np.array_equal(
+            getattr(clean.store, field)[rows_c], getattr(dirty.store, field)[rows_d]
+        ), field
+    assert dirty.counts["not_finite"] > 0 and dirty.counts["out_of_order"] > 0
+
+
+def test_wave_composition_does_not_change_scores(model):
+    """Batching is a speed-up only: one stream per wave gives the same bits as all in one."""
+    ids, ts, values = fleet(n_streams=3, steps=120)
+    together = StreamEngine(model)
+    replay(together, ids, ts, values)
+    alone = StreamEngine(model)
+    for i, sid in enumerate(ids):
+        replay(alone, [sid], ts[:, i : i + 1], values[:, i : i + 1])
+    a, b = together.store, alone.store
+    assert np.array_equal(a.score[a.rows_of(ids)], b.score[b.rows_of(ids)])
+    assert np.array_equal(a.h[a.rows_of(ids)], b.h[b.rows_of(ids)])
+
+
+def test_least_recently_seen_stream_is_evicted(model):
+    engine = StreamEngine(model, EngineSettings(capacity=3))
+    for t, sid in enumerate(["a", "b", "c"]):
+        engine.step([sid], [float(t)], [[1.0]])
+    engine.step(["a"], [10.0], [[1.0]])  # a is fresh again; b is now the oldest
+    engine.step(["d"], [11.0], [[1.0]])
+    assert set(engine.store.index) == {"a", "c", "d"}
+    assert engine.store.evicted == 1
+    wave = engine.step(["b"], [12.0], [[1.0]])  # b comes back as a new stream
+    assert np.isnan(wave.raw[0])
+    assert engine.store.evicted == 2
+
+
+def test_long_gap_resets_hidden_state(model):
+    engine = StreamEngine(model, EngineSettings(gap_reset=10.0))
+    for t in range(50):
+        engine.step(["s"], [60.0 * t], [[np.sin(t / 5)]])
+    assert engine.store.has_pred[engine.store.index["s"]]
+    wave = engine.step(["s"], [60.0 * 49 + 60.0 * 100], [[0.0]])
+    assert engine.counts["gap_resets"] == 1
+    assert np.isnan(wave.raw[0])  # the old prediction is not used across the gap
+    engine.step(["s"], [60.0 * 149 + 60.0], [[0.1]])
+    assert engine.counts["gap_resets"] == 1
+
+
+def test_no_alerts_during_warmup_then_an_obvious_spike_alerts(model):
+    engine = StreamEngine(model, EngineSettings(warmup=200))
+    rng = np.random.default_rng(0)
+    entered_at = []
+    for t in range(600):
+        v = np.sin(t / 8) + 0.05 * rng.standard_normal()
+        if t in (100, 450):
+            v += 25.0
+        w = engine.step(["s"], [float(t)], [[v]])
+        if w.entered[0]:
+            entered_at.append(t)
+    assert 100 not in entered_at  # warming up
+    assert 450 in entered_at
+
+
+def test_hysteresis_enters_high_leaves_low():
+    flags = np.zeros(1, bool)
+    seen = []
+    for s in (0.5, 0.995, 0.9995, 0.995, 0.992, 0.98, 0.995):
+        flags, entered, left = hysteresis(flags, np.array([s]), 0.999, 0.99, np.ones(1, bool))
+        seen.append((bool(flags[0]), bool(entered[0]), bool(left[0])))
+    assert [f for f, _, _ in seen] == [False, False, True, True, True, False, False]
+    assert [e for _, e, _ in seen].count(True) == 1 and [x for _, _, x in seen].count(True) == 1
+
+
+def test_state_is_a_few_hundred_bytes_per_stream(model):
+    engine = StreamEngine(model, EngineSettings(capacity=10))
+    assert engine.store.bytes_per_stream() <= 1024
