@@ -110,7 +110,7 @@ def load_model(route: RouteConfig, cfg: Config) -> StepModel:
 
 def make_route(index: int, route: RouteConfig, model: StepModel, cfg: Config) -> Route:
     channels = model.info.n_outputs
-    if channels > 1 and len(route.value_fields) != channels:
+    if len(route.value_fields) != channels:
         raise ConfigError(
             f"routes[{index}].value_fields: the model reads {channels} channels "
             f"{model.info.output_features}, the route names {len(route.value_fields)}"
