@@ -13,22 +13,31 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
 
+from . import snapshot
 from .alerts import AlertPublisher
 from .batcher import Batcher, Item
 from .config import Config, RouteConfig
 from .endpoint import Endpoint
 from .engine import EngineSettings, StreamEngine
-from .errors import ConfigError
+from .errors import ConfigError, ModelError, SnapshotError
 from .ingest import Ingest, Route
-from .metrics import BATCH_BOUNDS, INFERENCE_BOUNDS, LATENCY_BOUNDS, Buckets, StreamerCollector
+from .metrics import (
+    BATCH_BOUNDS,
+    INFERENCE_BOUNDS,
+    LATENCY_BOUNDS,
+    Buckets,
+    OpsCollector,
+    OpsStats,
+    StreamerCollector,
+)
 from .model import DEFAULT_MODEL, StepModel
 from .parse import Parser, PayloadSpec, TopicTemplate
+from .record import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +52,14 @@ class Pipeline:
         batcher: Batcher,
         ingest: Ingest | None = None,
         alerts: AlertPublisher | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.engines = engines
         self.route_names = route_names
         self.batcher = batcher
         self.ingest = ingest
         self.alerts = alerts
+        self.recorder = recorder
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.batch_sizes = Buckets(BATCH_BOUNDS)
@@ -91,12 +102,10 @@ class Pipeline:
         self.batch_sizes.observe(len(items))
         if len(wave.ts):
             self.latency.observe(time.time() - wave.ts)
+        if self.recorder is not None:
+            self.recorder.write(self.route_names[route], wave)
         if self.alerts is not None and (wave.entered.any() or wave.left.any()):
             self.alerts.publish(self.route_names[route], engine, wave)
-
-    def extra_metrics(self) -> Iterator[Metric]:
-        """Hook for owners of the pipeline to add their own families (snapshots, reloads)."""
-        return iter(())
 
 
 def load_model(route: RouteConfig, cfg: Config) -> StepModel:
@@ -146,16 +155,22 @@ class Daemon:
         self.batcher = Batcher(b.max_size, b.max_delay_ms / 1000.0, b.queue_size)
         self.ingest = Ingest(cfg.mqtt, routes, self.batcher)
         alerts = AlertPublisher(self.ingest.client, cfg.alerts) if cfg.alerts.enabled else None
+        recorder = Recorder(cfg.output.jsonl) if cfg.output.jsonl else None
         self.pipeline = Pipeline(
-            self.engines, [r.name for r in routes], self.batcher, self.ingest, alerts
+            self.engines, [r.name for r in routes], self.batcher, self.ingest, alerts, recorder
         )
+        self.ops = OpsStats()
         self.registry = CollectorRegistry()
         self.registry.register(StreamerCollector(self.pipeline, cfg.metrics.max_streams))
+        self.registry.register(OpsCollector(self.ops))
         self.endpoint = (
             Endpoint(cfg.metrics, self.registry, self.ready) if cfg.metrics.enabled else None
         )
         self.worker = threading.Thread(target=self.pipeline.run, name="engine", daemon=True)
+        self.snapshot_path = Path(cfg.state.dir) / "snapshot.bin" if cfg.state.dir else None
+        self._model_stamps = [_stamp(m.path) for m in models]
         self._stopped = threading.Event()
+        self._reload = threading.Event()
 
     @property
     def metrics_port(self) -> int | None:
@@ -167,14 +182,91 @@ class Daemon:
         return True, "ready"
 
     def start(self) -> None:
+        self.restore_snapshot()
         if self.endpoint:
             self.endpoint.start()
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.endpoint.port)
         self.worker.start()
         self.ingest.start()
+        threading.Thread(target=self._maintain, name="maintenance", daemon=True).start()
+
+    def restore_snapshot(self) -> None:
+        """Continue where the last run stopped; a bad snapshot means a cold start, never a crash."""
+        if self.snapshot_path is None or not self.snapshot_path.exists():
+            self.ops.restore = "none"
+            return
+        try:
+            saved = {r.name: r for r in snapshot.load(self.snapshot_path)}
+            with self.pipeline.lock:
+                for name, engine in zip(self.pipeline.route_names, self.engines, strict=True):
+                    if name in saved:
+                        n = snapshot.restore(saved[name], engine.store)
+                        log.info(
+                            "route %s: restored %d streams from %s", name, n, self.snapshot_path
+                        )
+            self.ops.restore = "restored"
+        except SnapshotError as e:
+            for engine in self.engines:  # all or nothing: no route half restored
+                engine.reset()
+            self.ops.restore = "refused"
+            log.error("snapshot %s refused, starting cold: %s", self.snapshot_path, e)
+
+    def save_snapshot(self) -> None:
+        if self.snapshot_path is None:
+            return
+        try:
+            with self.pipeline.lock:
+                states = [
+                    snapshot.capture(name, e.store, e.model.sha256)
+                    for name, e in zip(self.pipeline.route_names, self.engines, strict=True)
+                ]
+            size = snapshot.save(self.snapshot_path, states)
+            self.ops.snapshot_ok(size)
+        except (OSError, SnapshotError) as e:
+            self.ops.snapshots_failed += 1
+            log.error("snapshot to %s failed: %s", self.snapshot_path, e)
+
+    def reload_models(self) -> None:
+        """SIGHUP or a changed model file: load, validate, swap. A bad file leaves the old model serving."""
+        for i, (route, engine) in enumerate(zip(self.cfg.routes, self.engines, strict=True)):
+            try:
+                model = load_model(route, self.cfg)
+                make_route(i, route, model, self.cfg)
+            except (ModelError, ConfigError) as e:
+                self._model_stamps[i] = _stamp(
+                    engine.model.path
+                )  # retry on the next change, not every second
+                self.ops.reloads["failed"] += 1
+                log.error("route %s: model reload refused, the old model stays: %s", route.name, e)
+                continue
+            with self.pipeline.lock:
+                kept = engine.swap_model(model)
+            self.ops.reloads["kept_state" if kept else "reset_state"] += 1
+            self._model_stamps[i] = _stamp(model.path)
+            log.info(
+                "route %s: model %s loaded (%s)",
+                route.name,
+                model.sha256[:12],
+                "state kept" if kept else "state reset",
+            )
+
+    def _maintain(self, poll_s: float = 1.0) -> None:
+        """Periodic snapshots and model-file watching, off the engine thread."""
+        next_snapshot = time.monotonic() + self.cfg.state.snapshot_interval_s
+        while not self._stopped.wait(poll_s):
+            changed = any(
+                _stamp(m.path) != s
+                for m, s in zip((e.model for e in self.engines), self._model_stamps, strict=True)
+            )
+            if self._reload.is_set() or changed:
+                self._reload.clear()
+                self.reload_models()
+            if time.monotonic() >= next_snapshot:
+                self.save_snapshot()
+                next_snapshot = time.monotonic() + self.cfg.state.snapshot_interval_s
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Stop taking messages, score what was queued, acknowledge it, then disconnect."""
+        """Stop taking messages, score what was queued, acknowledge it, snapshot, disconnect."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -182,16 +274,20 @@ class Daemon:
         self.ingest.stop_taking()
         self.pipeline.stop.set()
         self.worker.join(timeout_s)
+        self.save_snapshot()
         self.ingest.close()
+        if self.pipeline.recorder is not None:
+            self.pipeline.recorder.close()
         if self.endpoint:
             self.endpoint.stop()
         log.info("stopped")
 
     def run_forever(self) -> int:
-        """Until SIGTERM/SIGINT; exit status 0 after a clean shutdown."""
+        """Until SIGTERM/SIGINT (SIGHUP reloads the models); exit status 0 after a clean shutdown."""
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         self.start()
         while not done.wait(0.5):
             if not self.worker.is_alive():
@@ -200,3 +296,12 @@ class Daemon:
                 return 1
         self.shutdown()
         return 0
+
+
+def _stamp(path: Path) -> tuple[float, int] | None:
+    """What tells us a model file was replaced: modification time and size."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime, st.st_size

@@ -108,6 +108,11 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class OutputConfig:
+    jsonl: str = ""  # append every scored reading here as a JSON line (an audit trail); empty = off
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     json: bool = False
@@ -121,6 +126,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     log: LogConfig = field(default_factory=LogConfig)
     routes: tuple[RouteConfig, ...] = (RouteConfig(),)
 

@@ -61,15 +61,47 @@ class StreamEngine:
         info = model.info
         self.channels = info.n_outputs
         self.warmup = self.settings.warmup or info.warmup
-        self.store = StateStore(
+        self.calibration = calibration or CalibrationConfig.from_dict(
+            info.extra.get("calibration", {})
+        )
+        self.store = self._new_store()
+        self.counts: Counter[str] = Counter()
+
+    def _new_store(self) -> StateStore:
+        info = self.model.info
+        return StateStore(
             self.settings.capacity,
             info.state_size,
-            self.channels,
+            info.n_outputs,
             info.normalizer,
             info.gap,
-            calibration or CalibrationConfig.from_dict(info.extra.get("calibration", {})),
+            self.calibration,
         )
-        self.counts: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        """Forget every stream (a cold start)."""
+        self.store = self._new_store()
+
+    def swap_model(self, model: StepModel) -> bool:
+        """Serve with a new model; True when per-stream state was kept.
+
+        State carries over only when the new model reads it the same way: same state
+        size, channels and input normalisation. Otherwise every stream starts afresh
+        (a hidden state means nothing to a different network shape).
+        """
+        old, new = self.model.info, model.info
+        same = (old.state_size, old.n_outputs, old.normalizer, old.gap) == (
+            new.state_size,
+            new.n_outputs,
+            new.normalizer,
+            new.gap,
+        )
+        self.model = model
+        self.warmup = self.settings.warmup or new.warmup
+        if not same:
+            self.channels = new.n_outputs
+            self.reset()
+        return same
 
     def step(self, ids: Sequence[str], ts: Sequence[float], values: np.ndarray) -> Wave:
         """Score and learn one reading per stream. `ids` must be distinct; values [B, channels]."""

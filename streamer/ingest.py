@@ -118,6 +118,7 @@ class Ingest:
         self._throttle = Throttle(log)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         for route in routes:
             self.client.message_callback_add(route.topic_filter, self._handler(route))
 
@@ -151,6 +152,13 @@ class Ingest:
         if not self.stopping.is_set():
             client.subscribe([(r.topic_filter, self.cfg.qos) for r in self.routes])
         self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused subscriptions: %s", ", ".join(refused))
+        else:
+            log.info("subscribed to %s", ", ".join(r.topic_filter for r in self.routes))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

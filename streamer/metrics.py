@@ -9,7 +9,10 @@ streams are shown, so the series count, and the scrape cost, stay bounded.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -182,7 +185,6 @@ class StreamerCollector(Collector):
             "streamer_latency_seconds",
             "From the reading's own timestamp to its score being in the store",
         )
-        yield from p.extra_metrics()
 
     def _ingest_metrics(self, p: Pipeline) -> Iterator[Metric]:
         if p.ingest is None:
@@ -261,3 +263,57 @@ class StreamerCollector(Collector):
         yield from gauges.values()
         yield from channel.values()
         yield from (warming, readings, entered)
+
+
+@dataclass
+class OpsStats:
+    """What the daemon's housekeeping did: snapshots, restores, model reloads."""
+
+    snapshots_ok: int = 0
+    snapshots_failed: int = 0
+    last_snapshot: float = 0.0
+    last_snapshot_bytes: int = 0
+    restore: str = "none"  # none | restored | refused
+    reloads: Counter[str] = field(default_factory=Counter)
+
+    def snapshot_ok(self, size: int) -> None:
+        self.snapshots_ok += 1
+        self.last_snapshot = time.time()
+        self.last_snapshot_bytes = size
+
+
+class OpsCollector(Collector):
+    def __init__(self, stats: OpsStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        snaps = CounterMetricFamily(
+            "streamer_snapshots", "State snapshots written, by result", labels=["result"]
+        )
+        snaps.add_metric(["ok"], s.snapshots_ok)
+        snaps.add_metric(["failed"], s.snapshots_failed)
+        yield snaps
+        if s.last_snapshot:
+            yield GaugeMetricFamily(
+                "streamer_snapshot_age_seconds",
+                "Seconds since the last good snapshot",
+                value=time.time() - s.last_snapshot,
+            )
+            yield GaugeMetricFamily(
+                "streamer_snapshot_bytes", "Size of the last snapshot", value=s.last_snapshot_bytes
+            )
+        restore = GaugeMetricFamily(
+            "streamer_snapshot_restore",
+            "How this run started: from a snapshot or cold",
+            labels=["result"],
+        )
+        for result in ("none", "restored", "refused"):
+            restore.add_metric([result], float(s.restore == result))
+        yield restore
+        reloads = CounterMetricFamily(
+            "streamer_model_reloads", "Model reloads, by result", labels=["result"]
+        )
+        for result in ("kept_state", "reset_state", "failed"):
+            reloads.add_metric([result], s.reloads[result])
+        yield reloads

@@ -94,7 +94,9 @@ def publish_fleet(client: Client, streams: dict[str, np.ndarray], junk_every: in
     for t in range(n):
         for sid, values in streams.items():
             client.client.publish(
-                f"sensors/{sid}", orjson.dumps({"value": float(values[t]), "ts": T0 + 60 * t}), qos=1
+                f"sensors/{sid}",
+                orjson.dumps({"value": float(values[t]), "ts": T0 + 60 * t}),
+                qos=1,
             )
             if junk_every and t % junk_every == 0:
                 client.client.publish(f"sensors/{sid}", b'{"value": "garbage"}', qos=1)
@@ -171,7 +173,7 @@ def test_sigterm_exits_zero(broker, tmp_path):
     try:
         deadline = time.monotonic() + 20
         log = ""
-        while "connected to" not in log and time.monotonic() < deadline:
+        while "subscribed to" not in log and time.monotonic() < deadline:
             log += proc.stderr.readline()
         c.publish("sensors/x", b"1.0")
         proc.send_signal(signal.SIGTERM)
