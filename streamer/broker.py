@@ -20,8 +20,8 @@ from .errors import ConfigError
 
 CONFIG = """\
 listener {port} 127.0.0.1
+{listener}
 user {user}
-allow_anonymous true
 max_queued_messages 0
 max_inflight_messages 0
 max_packet_size 1048576
@@ -56,8 +56,13 @@ class Mosquitto:
     """Start, stop and restart a mosquitto process; same port and data directory across restarts."""
 
     def __init__(
-        self, port: int | None = None, persistence: bool = True, workdir: Path | None = None
+        self,
+        port: int | None = None,
+        persistence: bool = True,
+        workdir: Path | None = None,
+        listener: str = "allow_anonymous true",
     ) -> None:
+        """`listener`: mosquitto.conf lines for the listener (TLS files, password_file, ...)."""
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
             None,
@@ -75,6 +80,7 @@ class Mosquitto:
             CONFIG.format(
                 port=self.port,
                 user=getpass.getuser(),
+                listener=listener,
                 persistence="true" if persistence else "false",
                 dir=self.dir,
             )

@@ -83,7 +83,10 @@ class Endpoint:
         if cfg.tls_cert:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            # Handshake in the request thread, not in accept(): a silent client must not stall the others.
+            self.server.socket = ctx.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="metrics", daemon=True
