@@ -183,3 +183,27 @@ def test_sigterm_exits_zero(broker, tmp_path):
         c.close()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_demo_runs_broker_fleet_daemon_and_live_view():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamer",
+            "demo",
+            "--duration",
+            "3",
+            "--streams",
+            "4",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    frames = out.stdout.split("sensor-streamer demo")
+    assert len(frames) >= 2
+    assert "plant1/" in frames[-1] and "streams 0 " not in frames[-1]
