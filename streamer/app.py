@@ -9,6 +9,7 @@ snapshot, then disconnect.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -68,7 +69,22 @@ class Pipeline:
         self.waves = 0
 
     def run(self, idle_s: float = 0.0005) -> None:
-        """Step waves until stopped and drained: every queued reading is scored before we return."""
+        """Step waves until stopped and drained: every queued reading is scored before we return.
+
+        Everything built before the first wave (models, the state store, the wiring)
+        lives as long as the daemon, so it is kept out of the garbage collector's way
+        (`gc.freeze`) while the pipeline runs: full collections then have little to
+        walk, where they stalled the pipeline for 10-35 ms (the p99 latency at 9,000
+        readings/s). Unfrozen when the pipeline stops, so nothing frozen can leak in a
+        process that starts many daemons (the tests).
+        """
+        gc.freeze()
+        try:
+            self._loop(idle_s)
+        finally:
+            gc.unfreeze()
+
+    def _loop(self, idle_s: float) -> None:
         while True:
             wave = self.batcher.next_wave(flush=self.stop.is_set())
             if wave:

@@ -22,6 +22,7 @@ from .state import StateStore
 # Readings by result: what /metrics shows as streamer_readings_total{result=...}.
 TAKEN = ("scored", "warmup")
 DROPPED = ("not_finite", "out_of_order", "duplicate")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,15 @@ class EngineSettings:
     warmup: int = 0  # 0 = the model's declared warm-up
     enter: float = 0.999
     leave: float = 0.99
+
+
+@dataclass(slots=True)
+class Prior:
+    """The prediction each stream's previous step made for this reading, gathered once per wave."""
+
+    has: np.ndarray  # False: nothing predicted yet (a new stream, or reset after a gap)
+    mean: np.ndarray
+    log_var: np.ndarray
 
 
 @dataclass
@@ -108,7 +118,8 @@ class StreamEngine:
         ids = list(ids)
         ts = np.asarray(ts, np.float64)
         values = np.asarray(values, np.float64).reshape(len(ids), self.channels)
-        finite = np.isfinite(values).all(axis=1) & np.isfinite(ts)
+        # Beyond float32's range a value is as useless as inf (and would overflow the statistics).
+        finite = (np.abs(values) <= FLOAT32_MAX).all(axis=1) & np.isfinite(ts)
         ids, ts, values = self._keep(finite, "not_finite", ids, ts, values)
 
         store = self.store
@@ -121,17 +132,18 @@ class StreamEngine:
             ids, ts, values, rows, dt = (_take(a, fresh) for a in (ids, ts, values, rows, dt))
 
         self._reset_after_gaps(rows, dt)
+        prior = Prior(store.has_pred[rows], store.pred_mean[rows], store.pred_log_var[rows])
         norm_mean, norm_std = store.normalizer.scale(rows)
         z = store.normalizer.step(rows, values)
         gap = store.gaps.step(rows, dt)
-        raw, score, contrib = self._score(rows, z)
+        raw, score, contrib = self._score(rows, z, prior)
 
         seen = store.seen[rows] + 1
-        may_alert = store.has_pred[rows] & (seen > self.warmup)
+        may_alert = prior.has & (seen > self.warmup)
         flags, entered, left = hysteresis(
             store.anomalous[rows], score, self.settings.enter, self.settings.leave, may_alert
         )
-        self._expect(rows, values, norm_mean, norm_std)
+        self._expect(rows, values, norm_mean, norm_std, prior)
 
         x = np.concatenate([z, gap[:, None]], axis=1)
         mean, log_var, h_next = self.model.step(x, store.h[rows])
@@ -146,13 +158,15 @@ class StreamEngine:
         store.score[rows] = score
         store.contrib[rows] = contrib
         store.anomalous[rows] = flags
-        store.anomalies[rows] += entered
+        n_entered = int(np.count_nonzero(entered))
+        if n_entered:
+            store.anomalies[rows[entered]] += 1
         store.updated[rows] = ts
 
-        n_scored = int(may_alert.sum())
+        n_scored = int(np.count_nonzero(may_alert))
         self.counts["scored"] += n_scored
         self.counts["warmup"] += len(ids) - n_scored
-        self.counts["anomalies"] += int(entered.sum())
+        self.counts["anomalies"] += n_entered
         return Wave(ids, rows, ts, raw, score, flags, entered, left)
 
     def _keep(self, mask: np.ndarray, reason: str, ids: list[str], *arrays: np.ndarray):
@@ -164,33 +178,35 @@ class StreamEngine:
     def _reset_after_gaps(self, rows: np.ndarray, dt: np.ndarray) -> None:
         """After a long silence the old context misleads more than it helps: start the state afresh."""
         period = self.store.gaps.period(rows)
-        with np.errstate(invalid="ignore"):
-            gone = dt > self.settings.gap_reset * period
+        gone = dt > self.settings.gap_reset * period  # NaN (no period yet) compares False
         if gone.any():
             reset = rows[gone]
             self.store.h[reset] = 0.0
             self.store.has_pred[reset] = False
             self.counts["gap_resets"] += int(gone.sum())
 
-    def _score(self, rows: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        store = self.store
-        has = store.has_pred[rows]
-        nll, contrib = gaussian_nll(z, store.pred_mean[rows], store.pred_log_var[rows])
+    def _score(
+        self, rows: np.ndarray, z: np.ndarray, prior: Prior
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        has = prior.has
+        nll, contrib = gaussian_nll(z, prior.mean, prior.log_var)
         raw = np.where(has, nll, np.nan).astype(np.float32)
-        score = np.zeros(len(rows), np.float32)
-        if has.any():
-            score[has] = store.calibrator.step(rows[has], nll[has])
+        if has.all():  # the steady state: no masked copies
+            score = self.store.calibrator.step(rows, nll).astype(np.float32, copy=False)
+        else:
+            score = np.zeros(len(rows), np.float32)
+            if has.any():
+                score[has] = self.store.calibrator.step(rows[has], nll[has])
         return raw, score, contrib.astype(np.int16)
 
     def _expect(
-        self, rows: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray
+        self, rows: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray, prior: Prior
     ) -> None:
         """Expected value and 2-sigma band in sensor units: the previous step's prediction, denormalised."""
         store = self.store
-        has = store.has_pred[rows][:, None]
-        pred = mean + std * store.pred_mean[rows]
-        store.expected[rows] = np.where(has, pred, values)
-        store.band[rows] = np.where(has, 2.0 * std * np.exp(0.5 * store.pred_log_var[rows]), 0.0)
+        has = prior.has[:, None]
+        store.expected[rows] = np.where(has, mean + std * prior.mean, values)
+        store.band[rows] = np.where(has, 2.0 * std * np.exp(0.5 * prior.log_var), 0.0)
 
 
 def _take(seq, mask: np.ndarray):

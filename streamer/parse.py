@@ -46,7 +46,13 @@ TIME_UNITS = ("auto", "s", "ms", "iso")
 
 # Control characters would corrupt logs and label values; '+' and '#' would turn an
 # alert topic built from the id into a wildcard; lone surrogates cannot be encoded.
-_BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f+#\ud800-\udfff]")
+# Control characters (C0, DEL, C1), MQTT wildcards, lone surrogates and Unicode non-characters:
+# an id ends up in alert topics, and brokers refuse topics holding any of these.
+_BAD_ID_CHAR = re.compile(
+    "[\x00-\x1f\x7f-\x9f+#\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff"
+    + "".join(f"{chr(p << 16 | 0xFFFE)}{chr(p << 16 | 0xFFFF)}" for p in range(1, 17))
+    + "]"
+)
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _SENML_KEYS = frozenset(
     {"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"}
@@ -268,6 +274,8 @@ def _ts_iso(raw: object) -> float:
 
 
 def _ts_auto(raw: object) -> float:
+    if type(raw) is float and MIN_TS <= raw <= MAX_TS:  # the common case, on every reading
+        return raw  # type: ignore[return-value]
     seconds = _iso_seconds(raw)
     if seconds is None:
         n = _time_number(raw)
@@ -379,7 +387,9 @@ class Parser:
         return self._body(stream, payload, arrival)
 
     def _auto(self, stream: str, payload: bytes, arrival: float) -> list[Reading]:
-        head = payload.lstrip()[:1]
+        head = payload[:1]
+        if head.isspace():
+            head = payload.lstrip()[:1]
         if head == b"[":
             items = _load_json(payload)
             if self._is_senml(items):
@@ -418,7 +428,11 @@ class Parser:
         if type(obj) is not dict:
             raise BadInput("wrong_type", f"expected a JSON object, got {type(obj).__name__}")
         try:
-            values = tuple([_number(obj[f], f) for f in self._fields])
+            if self._width == 1:  # the common case without a list comprehension's frame
+                name = self._fields[0]
+                values: tuple[float, ...] = (_number(obj[name], name),)
+            else:
+                values = tuple([_number(obj[f], f) for f in self._fields])
         except KeyError as e:
             raise BadInput("missing_field", f"no {e.args[0]!r} in the object") from None
         if self._time_field in obj:
