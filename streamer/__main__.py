@@ -151,6 +151,9 @@ def _register_optional(sub: argparse._SubParsersAction) -> None:
             p.set_defaults(func=_needs_training)
     else:
         register_training(sub)
+    from .evaluate import register as register_evaluate
+
+    register_evaluate(sub)
 
 
 def _needs_training(args: argparse.Namespace) -> int:
