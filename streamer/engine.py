@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import StepModel
-from .score import CalibrationConfig, gaussian_nll, hysteresis
+from .score import CalibrationConfig, hysteresis, surprise
 from .state import StateStore
 
 # Readings by result: what /metrics shows as streamer_readings_total{result=...}.
@@ -189,14 +189,14 @@ class StreamEngine:
         self, rows: np.ndarray, z: np.ndarray, prior: Prior
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         has = prior.has
-        nll, contrib = gaussian_nll(z, prior.mean, prior.log_var)
-        raw = np.where(has, nll, np.nan).astype(np.float32)
+        total, contrib = surprise(z, prior.mean, prior.log_var)
+        raw = np.where(has, total, np.nan).astype(np.float32)
         if has.all():  # the steady state: no masked copies
-            score = self.store.calibrator.step(rows, nll).astype(np.float32, copy=False)
+            score = self.store.calibrator.step(rows, total).astype(np.float32, copy=False)
         else:
             score = np.zeros(len(rows), np.float32)
             if has.any():
-                score[has] = self.store.calibrator.step(rows[has], nll[has])
+                score[has] = self.store.calibrator.step(rows[has], total[has])
         return raw, score, contrib.astype(np.int16)
 
     def _expect(
