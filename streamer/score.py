@@ -17,9 +17,7 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 LOG_2 = float(np.log(2.0))
 
 
-def surprise(
-    z: np.ndarray, mean: np.ndarray, log_var: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def surprise(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(raw surprise [B], the channel contributing most [B]) of normalised readings `z` [B, C].
 
     Two horizons, added per channel: the Gaussian negative log-likelihood under the
@@ -60,6 +58,14 @@ class CalibrationConfig:
     divide, so a stream whose raw scores never vary does not call its first wobble
     impossible. Everything else is equivariant, so a stream's scores do not change when
     its raw scores are shifted or scaled.
+
+    Onset emphasis: a reading whose -log p does not beat the stream's recent peak (a
+    maximum of -log p decaying with `onset_halflife`) has its -log p multiplied by
+    `repeat_factor`. NAB, like an operator, rewards the first alert of an episode and
+    counts every further one outside a labelled window as a false alarm, and the
+    readings right after a surprising one are surprising too (the model and the
+    normaliser are still catching up). One float per stream; on NAB +1.7 standard
+    (docs/EVALUATION.md has the ablation).
     """
 
     warmup: int = 50
@@ -68,6 +74,8 @@ class CalibrationConfig:
     quantile_rate: float = 0.2
     tail_halflife: float = 50.0
     floor: float = 0.01
+    onset_halflife: float = 30.0
+    repeat_factor: float = 0.5
 
     def to_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -82,7 +90,7 @@ class CalibrationConfig:
 class Calibrator:
     """Per-stream raw-score tail statistics, struct of arrays over stream rows."""
 
-    FIELDS = ("count", "mean", "dev", "threshold", "excess")
+    FIELDS = ("count", "mean", "dev", "threshold", "excess", "peak")
 
     def __init__(self, capacity: int, config: CalibrationConfig | None = None) -> None:
         self.config = config or CalibrationConfig()
@@ -91,9 +99,11 @@ class Calibrator:
         self.dev = np.zeros(capacity, np.float64)
         self.threshold = np.zeros(capacity, np.float64)
         self.excess = np.zeros(capacity, np.float64)
+        self.peak = np.zeros(capacity, np.float64)  # decaying max of -log p
         self._alpha = 1.0 - 2.0 ** (-1.0 / self.config.halflife)
         self._gamma = 1.0 - 2.0 ** (-1.0 / self.config.tail_halflife)
         self._log_tail = -np.log1p(-self.config.quantile)  # -log P(x > u)
+        self._peak_decay = 2.0 ** (-1.0 / self.config.onset_halflife)
 
     def reset(self, rows: np.ndarray) -> None:
         for name in self.FIELDS:
@@ -109,9 +119,13 @@ class Calibrator:
         mean, dev, u, b = (getattr(self, f)[rows] for f in ("mean", "dev", "threshold", "excess"))
         floored_dev, floored_b = np.maximum(dev, cfg.floor), np.maximum(b, cfg.floor)
         log_p = self._log_tail_probability(raw, mean, floored_dev, u, floored_b)
-        score = np.where(n >= cfg.warmup, -np.expm1(-log_p), 0.0)
-
         warm = n < cfg.warmup
+        recent_peak = self.peak[rows] * self._peak_decay
+        # Before the tail is learned -log p means little (a first reading's is huge): no peak yet.
+        self.peak[rows] = np.where(warm, 0.0, np.maximum(log_p, recent_peak))
+        log_p = np.where(log_p > recent_peak, log_p, cfg.repeat_factor * log_p)
+        score = np.where(warm, 0.0, -np.expm1(-log_p))
+
         w = np.where(warm, 1.0 / (n + 1.0), self._alpha)
         new_mean = mean + w * (raw - mean)
         spread = np.where(n > 0, np.abs(raw - mean), dev)  # a first reading has no mean to miss
