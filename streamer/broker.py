@@ -25,6 +25,7 @@ user {user}
 max_queued_messages 0
 max_inflight_messages 0
 max_packet_size 1048576
+set_tcp_nodelay true
 persistence {persistence}
 persistence_location {dir}/
 autosave_interval 1

@@ -10,6 +10,7 @@ streams are shown, so the series count, and the scrape cost, stay bounded.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,10 +38,15 @@ class Buckets:
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = np.asarray(bounds, np.float64)
+        self._bounds = [float(b) for b in bounds]
         self.counts = np.zeros(len(bounds) + 1, np.int64)
         self.sum = 0.0
 
     def observe(self, values: np.ndarray | float) -> None:
+        if isinstance(values, int | float):  # wave size and step time: no arrays for one value
+            self.counts[bisect_left(self._bounds, values)] += 1
+            self.sum += values
+            return
         values = np.atleast_1d(np.asarray(values, np.float64))
         idx = np.searchsorted(self.bounds, values, side="left")
         self.counts += np.bincount(idx, minlength=len(self.counts))

@@ -101,6 +101,17 @@ def test_least_recently_seen_stream_is_evicted(model):
     assert engine.store.evicted == 2
 
 
+def test_a_full_store_never_evicts_a_stream_of_the_same_wave(model):
+    engine = StreamEngine(model, EngineSettings(capacity=3))
+    for t, sid in enumerate(["a", "b", "c"]):
+        engine.step([sid], [float(t)], [[1.0]])
+    # a is the oldest, but it is in the wave that makes room: b goes instead.
+    wave = engine.step(["d", "a"], [10.0, 10.0], [[1.0], [1.0]])
+    assert set(engine.store.index) == {"a", "c", "d"}
+    assert engine.store.evicted == 1
+    assert not np.isnan(wave.raw[1])  # a kept its prediction, so it was scored
+
+
 def test_long_gap_resets_hidden_state(model):
     engine = StreamEngine(model, EngineSettings(gap_reset=10.0))
     for t in range(50):
