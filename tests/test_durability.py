@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -232,28 +233,42 @@ def scored(tmp_path: Path) -> set[tuple[str, float]]:
 def paced_publisher(
     port: int, streams: int, steps: int, rate_hz: float
 ) -> tuple[threading.Thread, set]:
-    """Publishes `steps` readings per stream at `rate_hz` steps/s with QoS 1 and its own persistent session."""
+    """Publishes `steps` readings per stream at `rate_hz` steps/s with QoS 1 and its own persistent session.
+
+    Each step waits for its PUBACKs before the next one goes out, as a gateway that keeps
+    each stream in order must: after a reconnect paho can send a new message before it
+    resends the unacknowledged ones, and the daemon rightly drops the older reading of a
+    stream that arrives second (out of order; it made this test fail now and then).
+    """
     sent: set[tuple[str, float]] = set()
+    acked: set[int] = set()
+    puback = threading.Condition()
+
+    def on_publish(client, userdata, mid, reason, properties) -> None:
+        with puback:
+            acked.add(mid)
+            puback.notify_all()
+
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="publisher", protocol=mqtt.MQTTv5)
     client.max_queued_messages_set(0)
     client.reconnect_delay_set(0.1, 0.5)  # paho takes floats here despite the int hints
+    client.on_publish = on_publish
     client.connect("127.0.0.1", port, clean_start=False)
     client.loop_start()
 
     def go() -> None:
         for t in range(steps):
+            mids = set()
             for s in range(streams):
                 stream, ts = f"p{s}", T0 + 60 * t
-                client.publish(
-                    f"sensors/{stream}",
-                    orjson.dumps({"value": float(np.sin(t / 5 + s)), "ts": ts}),
-                    qos=1,
-                )
+                payload = orjson.dumps({"value": float(np.sin(t / 5 + s)), "ts": ts})
+                mids.add(client.publish(f"sensors/{stream}", payload, qos=1).mid)
                 sent.add((stream, ts))
+            with puback:
+                assert puback.wait_for(partial(mids.issubset, acked), timeout=30), (
+                    "no PUBACK in 30 s"
+                )
             time.sleep(1 / rate_hz)
-        deadline = time.monotonic() + 30
-        while client._out_messages and time.monotonic() < deadline:  # until every PUBACK is in
-            time.sleep(0.05)
         client.disconnect()
         client.loop_stop()
 
