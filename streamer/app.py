@@ -166,6 +166,8 @@ def make_route(index: int, route: RouteConfig, model: StepModel, cfg: Config) ->
         time_field=route.time_field,
         time_unit=route.time_unit,
         max_bytes=cfg.batch.max_payload_bytes,
+        # A message must fit in the queue, or QoS 1 back-pressure would wait for room forever.
+        max_readings=min(PayloadSpec.max_readings, cfg.batch.queue_size),
     )
     return Route(index, route.name, template.topic_filter, Parser(template, spec), channels)
 

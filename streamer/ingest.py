@@ -136,9 +136,22 @@ class Ingest:
         self.client.loop_stop()
 
     def ack(self, ack: Ack) -> None:
+        """One reading of a QoS 1 message taken; the message is acknowledged with its last.
+
+        Called on the engine thread only: `left -= 1` is not atomic, so the network
+        thread never counts down (a lost count would leave a message unacknowledged).
+        """
         ack.left -= 1
         if ack.left == 0:
             self.client.ack(ack.mid, ack.qos)
+
+    def _hand_over(self, items: list[Item], ack: Ack) -> None:
+        """Queue a QoS 1 message's readings, waiting for room; acknowledge at once if none."""
+        if not items:
+            self.client.ack(ack.mid, ack.qos)
+            return
+        ack.left = len(items)  # set before the engine thread can see any of them
+        self.batcher.put(items, self.stopping)  # False when stopping: unacknowledged, redelivered
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -178,7 +191,7 @@ class Ingest:
     def _take(self, route: Route, msg: mqtt.MQTTMessage) -> None:
         arrival = time.time()
         self.messages[route.name] += 1
-        ack = Ack(msg.mid, msg.qos, 1) if self.manual_ack and msg.qos > 0 else None
+        ack = Ack(msg.mid, msg.qos, 0) if self.manual_ack and msg.qos > 0 else None
         try:
             topic = msg.topic
             readings = route.parser.parse(topic, msg.payload, arrival)
@@ -189,7 +202,7 @@ class Ingest:
                 f"{route.name}/{reason}", "route %s: bad message (%s)", route.name, e
             )
             if ack:
-                self.ack(ack)
+                self.client.ack(ack.mid, ack.qos)
             return
         items = [
             Item(route.index, r.stream, r.ts, r.values, ack)
@@ -204,11 +217,8 @@ class Ingest:
                 route.name,
                 route.channels,
             )
-        if ack:
-            ack.left = len(items) + 1  # +1 released below, so acking waits for every reading
         if ack is not None:
-            if self.batcher.put(items, self.stopping):
-                self.ack(ack)  # else shutting down: unacknowledged, the broker delivers it again
+            self._hand_over(items, ack)
         elif not self.batcher.offer(items):
             self.dropped[(route.name, "queue_full")] += len(items)
             self._throttle.warning("queue_full", "queue full: dropping QoS 0 readings")

@@ -88,6 +88,20 @@ def test_bad_input_is_counted_by_reason_and_does_not_stop_anything(
     assert d.worker.is_alive()
 
 
+def test_a_message_bigger_than_the_queue_is_refused_not_waited_for(
+    broker, start_daemon, mqtt_client
+):
+    d = start_daemon(
+        daemon_config(broker, STREAMER_BATCH_MAX_SIZE="4", STREAMER_BATCH_QUEUE_SIZE="8")
+    )
+    pack = [{"value": float(i), "ts": T0 + i} for i in range(9)]
+    mqtt_client.client.publish("sensors/big", orjson.dumps(pack), qos=1)
+    mqtt_client.client.publish("sensors/small", orjson.dumps(pack[:8]), qos=1)
+    wait_until(lambda: taken(d) == 8, what="the message that fits")
+    errors = dict(d.ingest.errors)
+    assert errors == {("sensors", "too_many_readings"): 1}
+
+
 def publish_fleet(client: Client, streams: dict[str, np.ndarray], junk_every: int = 0) -> int:
     """Publish each stream's series in time order, interleaved; return the readings published."""
     n = len(next(iter(streams.values())))
