@@ -65,6 +65,7 @@ class Pipeline:
         self.recorder = recorder
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.failed = False  # a wave failed half way: the state is ahead of the acknowledgements
         self.batch_sizes = Buckets(BATCH_BOUNDS)
         self.inference = Buckets(INFERENCE_BOUNDS)
         self.latency = Buckets(LATENCY_BOUNDS)
@@ -92,6 +93,9 @@ class Pipeline:
         gc.set_threshold(YOUNG_GC_THRESHOLD, *thresholds[1:])
         try:
             self._loop(idle_s)
+        except Exception:
+            log.exception("engine thread failed; readings not acknowledged will be delivered again")
+            raise
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()
@@ -107,8 +111,14 @@ class Pipeline:
                 time.sleep(idle_s)
 
     def process(self, wave: list[Item]) -> None:
-        for route, items in self._by_route(wave):
-            self._step(route, items)
+        """Step, record and alert under the lock, so a snapshot never sees half a wave."""
+        with self.lock:
+            try:
+                for route, items in self._by_route(wave):
+                    self._step(route, items)
+            except BaseException:
+                self.failed = True
+                raise
         if self.ingest is not None:
             ack = self.ingest.ack
             for item in wave:
@@ -130,10 +140,9 @@ class Pipeline:
         ids = [it.stream for it in items]
         ts = np.fromiter((it.ts for it in items), np.float64, len(items))
         values = np.array([it.values for it in items], np.float64)
-        with self.lock:
-            t0 = time.perf_counter()
-            wave = engine.step(ids, ts, values)
-            self.inference.observe(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        wave = engine.step(ids, ts, values)
+        self.inference.observe(time.perf_counter() - t0)
         self.batch_sizes.observe(len(items))
         if len(wave.ts):
             self.latency.observe(time.time() - wave.ts)
@@ -253,6 +262,9 @@ class Daemon:
             return
         try:
             with self.pipeline.lock:
+                if self.pipeline.failed:  # like after SIGKILL: the last good snapshot stays
+                    log.error("engine failed: no snapshot of a state ahead of the acknowledgements")
+                    return
                 states = [
                     snapshot.capture(name, e.store, e.model.sha256)
                     for name, e in zip(self.pipeline.route_names, self.engines, strict=True)

@@ -195,7 +195,7 @@ def test_a_pinned_model_with_another_hash_is_refused(broker, tmp_path, model_pat
         Daemon(config.load(toml, environ={"STREAMER_MQTT_PORT": str(broker.port)}))
 
 
-def start_process(broker, tmp_path: Path) -> subprocess.Popen:
+def start_process(broker, tmp_path: Path, jsonl: str = "scores.jsonl") -> subprocess.Popen:
     env = {
         **os.environ,
         "STREAMER_MQTT_PORT": str(broker.port),
@@ -204,7 +204,7 @@ def start_process(broker, tmp_path: Path) -> subprocess.Popen:
         "STREAMER_STATE_DIR": str(tmp_path / "state"),
         "STREAMER_STATE_SNAPSHOT_INTERVAL_S": "1",
         "STREAMER_BATCH_MAX_DELAY_MS": "300",  # readings wait in the queue: a kill catches some
-        "STREAMER_OUTPUT_JSONL": str(tmp_path / "scores.jsonl"),
+        "STREAMER_OUTPUT_JSONL": str(tmp_path / jsonl),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamer", "run"], env=env, stderr=subprocess.PIPE, text=True
@@ -294,6 +294,26 @@ def test_sigkill_mid_stream_loses_no_reading(broker, tmp_path):
         proc.terminate()
         proc.wait(20)
     assert len(sent) == 1500 and not sent - scored(tmp_path)
+
+
+def test_an_audit_trail_that_cannot_be_written_stops_the_daemon_and_loses_nothing(broker, tmp_path):
+    sent = {(f"w{i}", T0 + 60 * t) for t in range(20) for i in range(3)}
+    proc = start_process(broker, tmp_path, jsonl="/dev/full")  # every write: no space left
+    c = Client(broker.port)
+    try:
+        for stream, ts in sorted(sent, key=lambda r: r[1]):
+            c.publish(f"sensors/{stream}", orjson.dumps({"value": ts % 7, "ts": ts}))
+        assert proc.wait(20) == 1
+    finally:
+        c.close()
+        if proc.poll() is None:
+            proc.kill()
+    proc = start_process(broker, tmp_path)  # the disk has room again
+    try:
+        wait_until(lambda: sent <= scored(tmp_path), what="every reading scored after the restart")
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def test_broker_restart_under_load_loses_no_reading(broker, start_daemon, tmp_path):
