@@ -265,6 +265,7 @@ def soak(
 ) -> SoakReport:
     with tempfile.TemporaryDirectory(prefix="streamer-soak-") as tmp:
         s = Soak(Path(tmp), capacity)
+        gen = None
         try:
             measured = None if rate else s.measure_capacity(streams, ramp_s)
             report = SoakReport(rate or round(measured / 2), duration, streams, measured)
@@ -279,6 +280,8 @@ def soak(
             last, bounds = s.sample()
             report.samples.append(last)
         finally:
+            if gen is not None and gen.poll() is None:  # interrupted
+                gen.kill()
             code = s.stop()
     report.daemon_exit = code
     summarise(report, bounds, report.samples[0].t + warmup_s, window_s)
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the report with every sample here")
     p.add_argument("--publish-to", type=int, help=argparse.SUPPRESS)  # the generator process
     args = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the broker, the daemon and the generator are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.publish_to:
         print(publish(args.publish_to, args.rate, args.streams, args.duration))
         return 0
