@@ -44,10 +44,9 @@ SENML_RELATIVE_BELOW = 2.0**28  # RFC 8428 4.5.3: smaller SenML times are relati
 FORMATS = ("auto", "number", "json", "array", "senml")
 TIME_UNITS = ("auto", "s", "ms", "iso")
 
-# Control characters would corrupt logs and label values; '+' and '#' would turn an
-# alert topic built from the id into a wildcard; lone surrogates cannot be encoded.
-# Control characters (C0, DEL, C1), MQTT wildcards, lone surrogates and Unicode non-characters:
-# an id ends up in alert topics, and brokers refuse topics holding any of these.
+# What an id must not hold: control characters (C0, DEL, C1) would corrupt logs and label
+# values; '+' and '#' would turn an alert topic built from the id into a wildcard; lone
+# surrogates cannot be encoded; and brokers refuse topics with Unicode non-characters.
 _BAD_ID_CHAR = re.compile(
     "[\x00-\x1f\x7f-\x9f+#\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff"
     + "".join(f"{chr(p << 16 | 0xFFFE)}{chr(p << 16 | 0xFFFF)}" for p in range(1, 17))
@@ -76,7 +75,7 @@ def _clip(text: object, limit: int = 80) -> str:
 
 
 def check_stream_id(stream: str) -> str:
-    """`stream` if usable as a stream id (1..200 chars, no control chars, '+', '#'), else BadInput."""
+    """`stream` if usable as a stream id (1..200 characters, none of `_BAD_ID_CHAR`), else BadInput."""
     if not 0 < len(stream) <= MAX_STREAM_ID or _BAD_ID_CHAR.search(stream):
         raise BadInput("bad_stream_id", _clip(stream))
     return stream
