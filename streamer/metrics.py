@@ -73,7 +73,8 @@ STREAM_GAUGES = (
     (
         "raw_score",
         "raw",
-        "Negative log-likelihood of the last reading under the model's prediction",
+        "Raw surprise of the last reading: its negative log-likelihood under the model's"
+        " prediction plus 0.5 z^2 under the stream's long-run distribution",
     ),
     (
         "anomalous",
@@ -234,6 +235,7 @@ class StreamerCollector(Collector):
         fields["warming_up"] = store.seen[rows] <= engine.warmup
         fields["readings"] = store.seen[rows].copy()
         fields["anomalies"] = store.anomalies[rows].copy()
+        fields["contrib"] = store.contrib[rows].copy()
         return route, ids, fields, list(engine.model.info.output_features)
 
     def _stream_metrics(self, p: Pipeline, snapshot) -> Iterator[Metric]:
@@ -255,6 +257,12 @@ class StreamerCollector(Collector):
         entered = CounterMetricFamily(
             "streamer_stream_anomalies", "Times the stream became anomalous", labels=labels
         )
+        top = GaugeMetricFamily(
+            "streamer_stream_top_channel",
+            "1 for the channel that contributed most to the last reading's surprise"
+            " (models with several channels)",
+            labels=[*labels, "channel"],
+        )
         for route, ids, fields, channels in snapshot:
             for i, sid in enumerate(ids):
                 lv = [route, sid]
@@ -266,9 +274,11 @@ class StreamerCollector(Collector):
                 warming.add_metric(lv, float(fields["warming_up"][i]))
                 readings.add_metric(lv, float(fields["readings"][i]))
                 entered.add_metric(lv, float(fields["anomalies"][i]))
+                if len(channels) > 1:
+                    top.add_metric([*lv, channels[fields["contrib"][i]]], 1.0)
         yield from gauges.values()
         yield from channel.values()
-        yield from (warming, readings, entered)
+        yield from (warming, readings, entered, top)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from streamer import config
 from streamer.app import Daemon
 from streamer.broker import Mosquitto
-from streamer.model import DEFAULT_MODEL
+from streamer.model import DEFAULT_MODEL, ModelInfo
 
 
 def wait_until(
@@ -55,6 +55,42 @@ def daemon_config(broker: Mosquitto, **overrides: str) -> config.Config:
         **overrides,
     }
     return config.load(environ=env)
+
+
+@pytest.fixture(scope="session")
+def xyz_model(tmp_path_factory) -> Path:
+    """A three-channel step model that predicts "no change, unit variance": built as a plain
+    ONNX graph because only the wiring is under test, and exporting a torch model is slow."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    info = ModelInfo("gru", 1, 2, ["x", "y", "z", "log_gap"], ["x", "y", "z"], warmup=20)
+    floats = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["lo"], value_ints=[0]),
+            helper.make_node("Constant", [], ["hi"], value_ints=[3]),
+            helper.make_node("Constant", [], ["axis"], value_ints=[1]),
+            helper.make_node("Slice", ["x", "lo", "hi", "axis"], ["mean"]),
+            helper.make_node("Sub", ["mean", "mean"], ["log_var"]),
+            helper.make_node("Identity", ["h"], ["h_next"]),
+        ],
+        "persistence",
+        [
+            helper.make_tensor_value_info("x", floats, ["B", 4]),
+            helper.make_tensor_value_info("h", floats, ["B", 2]),
+        ],
+        [
+            helper.make_tensor_value_info(n, floats, ["B", w])
+            for n, w in (("mean", 3), ("log_var", 3), ("h_next", 2))
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    helper.set_model_props(proto, info.to_metadata())
+    path = tmp_path_factory.mktemp("xyz") / "xyz.onnx"
+    onnx.save_model(proto, str(path))
+    return path
 
 
 @pytest.fixture

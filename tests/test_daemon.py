@@ -1,5 +1,6 @@
 """The daemon end to end against a real Mosquitto: formats, metrics, alerts, isolation, faults, shutdown."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -8,8 +9,10 @@ import time
 
 import numpy as np
 import orjson
+import pytest
 from conftest import Client, daemon_config, metric_value, samples, scrape, wait_until
 
+from streamer.config import RouteConfig
 from streamer.engine import StreamEngine
 from streamer.model import StepModel
 
@@ -86,6 +89,27 @@ def test_bad_input_is_counted_by_reason_and_does_not_stop_anything(
         == 1
     )
     assert d.worker.is_alive()
+
+
+def test_a_multichannel_route_names_the_channel_that_surprised(
+    broker, start_daemon, mqtt_client, xyz_model
+):
+    route = RouteConfig(
+        name="pumps", topic="plant/{pump}", value_fields=("x", "y", "z"), model=str(xyz_model)
+    )
+    d = start_daemon(dataclasses.replace(daemon_config(broker), routes=(route,)))
+    t = np.arange(60)
+    x, y, z = np.sin(t / 5), np.cos(t / 7), 0.5 * np.sin(t / 3)
+    y[-1] += 30  # the last reading: y jumps
+    for i, xyz in enumerate(zip(x.tolist(), y.tolist(), z.tolist(), strict=True)):
+        body = {**dict(zip("xyz", xyz, strict=True)), "ts": T0 + i}
+        mqtt_client.client.publish("plant/p1", orjson.dumps(body), qos=1)
+    wait_until(lambda: taken(d) == len(t), what="every reading")
+    text = scrape(d.metrics_port)
+    top = {lab["channel"]: v for lab, v in samples(text, "streamer_stream_top_channel")}
+    assert top == {"y": 1.0}
+    value = metric_value(text, "streamer_stream_value", route="pumps", stream="p1", channel="y")
+    assert value == pytest.approx(y[-1], rel=1e-6)  # float32 in the store
 
 
 def test_a_message_bigger_than_the_queue_is_refused_not_waited_for(

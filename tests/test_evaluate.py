@@ -22,7 +22,7 @@ from streamer.__main__ import main
 from streamer.engine import EngineSettings, StreamEngine
 from streamer.errors import ConfigError
 from streamer.evaluate import Detector, LabelSource, replay, run_csv, run_nab
-from streamer.model import ModelInfo, StepModel
+from streamer.model import StepModel
 from streamer.report import KEEP_MARKER
 from streamer.score import CalibrationConfig, Calibrator
 
@@ -249,42 +249,6 @@ def test_a_file_without_labels_needs_a_label_source(model_path, tmp_path):
     )
     with pytest.raises(ConfigError, match="no label column"):
         run_csv([path], LabelSource(), Detector(model_path))
-
-
-@pytest.fixture(scope="module")
-def xyz_model(tmp_path_factory) -> Path:
-    """A three-channel step model that predicts "no change, unit variance": built as a plain
-    ONNX graph because only the wiring is under test, and exporting a torch model is slow."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    info = ModelInfo("gru", 1, 2, ["x", "y", "z", "log_gap"], ["x", "y", "z"], warmup=20)
-    floats = TensorProto.FLOAT
-    graph = helper.make_graph(
-        [
-            helper.make_node("Constant", [], ["lo"], value_ints=[0]),
-            helper.make_node("Constant", [], ["hi"], value_ints=[3]),
-            helper.make_node("Constant", [], ["axis"], value_ints=[1]),
-            helper.make_node("Slice", ["x", "lo", "hi", "axis"], ["mean"]),
-            helper.make_node("Sub", ["mean", "mean"], ["log_var"]),
-            helper.make_node("Identity", ["h"], ["h_next"]),
-        ],
-        "persistence",
-        [
-            helper.make_tensor_value_info("x", floats, ["B", 4]),
-            helper.make_tensor_value_info("h", floats, ["B", 2]),
-        ],
-        [
-            helper.make_tensor_value_info(n, floats, ["B", w])
-            for n, w in (("mean", 3), ("log_var", 3), ("h_next", 2))
-        ],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    helper.set_model_props(proto, info.to_metadata())
-    path = tmp_path_factory.mktemp("xyz") / "xyz.onnx"
-    onnx.save_model(proto, str(path))
-    return path
 
 
 def test_multichannel_semicolon_files_meet_a_multichannel_model_whole(
