@@ -134,9 +134,13 @@ class StreamEngine:
         self._reset_after_gaps(rows, dt)
         prior = Prior(store.has_pred[rows], store.pred_mean[rows], store.pred_log_var[rows])
         norm_mean, norm_std = store.normalizer.scale(rows)
+        norm_count = store.normalizer.count[rows]
         z = store.normalizer.step(rows, values)
+        novelty = store.envelope.step(
+            rows, values, norm_mean, norm_std, norm_count, store.normalizer.config.warmup
+        )
         gap = store.gaps.step(rows, dt)
-        raw, score, contrib = self._score(rows, z, prior)
+        raw, score, contrib = self._score(rows, z, prior, novelty)
 
         seen = store.seen[rows] + 1
         may_alert = prior.has & (seen > self.warmup)
@@ -186,17 +190,18 @@ class StreamEngine:
             self.counts["gap_resets"] += int(gone.sum())
 
     def _score(
-        self, rows: np.ndarray, z: np.ndarray, prior: Prior
+        self, rows: np.ndarray, z: np.ndarray, prior: Prior, novelty: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         has = prior.has
         total, contrib = surprise(z, prior.mean, prior.log_var)
         raw = np.where(has, total, np.nan).astype(np.float32)
+        calibrator = self.store.calibrator
         if has.all():  # the steady state: no masked copies
-            score = self.store.calibrator.step(rows, total).astype(np.float32, copy=False)
+            score = calibrator.step(rows, total, novelty).astype(np.float32, copy=False)
         else:
             score = np.zeros(len(rows), np.float32)
             if has.any():
-                score[has] = self.store.calibrator.step(rows[has], total[has])
+                score[has] = calibrator.step(rows[has], total[has], novelty[has])
         return raw, score, contrib.astype(np.int16)
 
     def _expect(

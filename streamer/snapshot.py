@@ -1,13 +1,13 @@
 """State snapshots: every stream's state on disk, so a restart continues where it stopped.
 
-Format (version 1): the magic `STRMSNAP`, a format version, the sha256 of the body,
-then the body, an uncompressed `.npz` (numpy arrays only, loaded with pickle off)
-holding a JSON header (routes, stream ids in least-recently-seen order, state
-size, channels, model sha256) and each route's per-row arrays for the streams in
-use. Written atomically: temporary file in the same directory, fsync, rename,
-fsync of the directory, so a crash leaves the old snapshot or the new one, never
-half of one. A corrupt or incompatible file is refused with a message saying why;
-the daemon then starts cold.
+Format (version 2; version 1 lacked the value envelope `env.*`): the magic `STRMSNAP`, a
+format version, the sha256 of the body, then the body, an uncompressed `.npz` (numpy
+arrays only, loaded with pickle off) holding a JSON header (routes, stream ids in
+least-recently-seen order, state size, channels, model sha256) and each route's per-row
+arrays for the streams in use. Written atomically: temporary file in the same
+directory, fsync, rename, fsync of the directory, so a crash leaves the old snapshot or
+the new one, never half of one. A corrupt or incompatible file is refused with a message
+saying why; the daemon then starts cold.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .errors import SnapshotError
 from .state import StateStore
 
 MAGIC = b"STRMSNAP"
-VERSION = 1
+VERSION = 2
 _HEAD = struct.Struct("<8sI32s")
 
 

@@ -15,7 +15,7 @@ from itertools import compress, repeat
 import numpy as np
 
 from .normalize import GapConfig, GapTracker, Normalizer, NormalizerConfig
-from .score import CalibrationConfig, Calibrator
+from .score import CalibrationConfig, Calibrator, Envelope
 
 
 def _consume(iterator: Iterator[object]) -> None:
@@ -64,6 +64,7 @@ class StateStore:
         self.normalizer = Normalizer(capacity, channels, normalizer)
         self.gaps = GapTracker(capacity, gap)
         self.calibrator = Calibrator(capacity, calibration)
+        self.envelope = Envelope(capacity, channels, calibration)
         self.index: OrderedDict[str, int] = OrderedDict()
         self.ids: list[str | None] = [None] * capacity
         self._free = list(range(capacity - 1, -1, -1))
@@ -121,6 +122,7 @@ class StateStore:
         self.normalizer.reset(rows)
         self.gaps.reset(rows)
         self.calibrator.reset(rows)
+        self.envelope.reset(rows)
 
     def rows_of(self, ids: Sequence[str]) -> np.ndarray:
         """Rows of known streams (no allocation); -1 for unknown ones."""
@@ -133,6 +135,7 @@ class StateStore:
             ("norm", self.normalizer),
             ("gap", self.gaps),
             ("cal", self.calibrator),
+            ("env", self.envelope),
         ):
             out.update({f"{prefix}.{f}": getattr(part, f) for f in part.FIELDS})
         return out

@@ -69,6 +69,7 @@ def test_scores_after_a_restart_continue_as_if_there_had_been_none(model_path, t
         (lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:], "checksum"),
         (lambda b: b"NOTASNAP" + b[8:], "magic"),
         (lambda b: b[:8] + (99).to_bytes(4, "little") + b[12:], "version 99"),
+        (lambda b: b[:8] + (1).to_bytes(4, "little") + b[12:], "version 1"),
     ],
 )
 def test_damaged_snapshots_are_refused_with_a_reason(model_path, tmp_path, damage, message):
@@ -79,6 +80,19 @@ def test_damaged_snapshots_are_refused_with_a_reason(model_path, tmp_path, damag
     blob = snapshot.encode([snapshot.capture("r", engine.store, model.sha256)])
     with pytest.raises(SnapshotError, match=message):
         snapshot.decode(damage(blob))
+
+
+def test_snapshot_without_the_value_envelope_is_refused(model_path, tmp_path):
+    """Version 1's layout (before the novelty envelope): restoring it would lose the ranges."""
+    model = StepModel(model_path)
+    engine = StreamEngine(model)
+    ids, values = readings(3, 20)
+    run(engine, ids, values, 0, 20)
+    state = snapshot.capture("r", engine.store, model.sha256)
+    state.arrays = {k: v for k, v in state.arrays.items() if not k.startswith("env.")}
+    (old,) = snapshot.decode(snapshot.encode([state]))
+    with pytest.raises(SnapshotError, match=r"env\.high"):
+        snapshot.restore(old, StreamEngine(model).store)
 
 
 def small_model(path: Path, hidden: int) -> Path:

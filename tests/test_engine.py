@@ -1,11 +1,13 @@
 """The engine on its own: what it drops and counts, isolation between streams, eviction, gaps, alerts."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from streamer.engine import EngineSettings, StreamEngine
 from streamer.model import StepModel
-from streamer.score import hysteresis
+from streamer.score import CalibrationConfig, hysteresis
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +154,23 @@ def test_hysteresis_enters_high_leaves_low():
 def test_state_is_a_few_hundred_bytes_per_stream(model):
     engine = StreamEngine(model, EngineSettings(capacity=10))
     assert engine.store.bytes_per_stream() <= 1024
+
+
+def test_a_swing_beyond_any_seen_before_is_caught_only_by_the_novelty_term(model):
+    """A smooth cycle that once swings twice as wide: the model follows it and its z stays
+    moderate, so the raw surprise does not alert; the value envelope says it is new."""
+    t = np.arange(3000)
+    wide = (t >= 2500) & (t < 2600)
+    amplitude = np.where(wide, 10.0, 5.0)
+    rng = np.random.default_rng(0)
+    values = 20 + amplitude * np.sin(2 * np.pi * t / 100) + 0.2 * rng.standard_normal(len(t))
+    entered = {}
+    for weight in (0.0, CalibrationConfig().novelty_weight):
+        calibration = replace(CalibrationConfig(), novelty_weight=weight)
+        engine = StreamEngine(model, calibration=calibration)
+        waves = [engine.step(["s"], [1.7e9 + 60.0 * i], [[v]]) for i, v in enumerate(values)]
+        entered[weight] = np.array([w.entered[0] for w in waves])
+    without, with_novelty = entered.values()
+    assert not without[wide].any()
+    assert with_novelty[wide].any()
+    assert not with_novelty[300:][~wide[300:]].any()  # and nothing else after the warm-up
