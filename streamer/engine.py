@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import StepModel
+from .normalize import Scale
 from .score import CalibrationConfig, hysteresis, surprise
 from .state import StateStore
 
@@ -41,6 +42,7 @@ class Prior:
     has: np.ndarray  # False: nothing predicted yet (a new stream, or reset after a gap)
     mean: np.ndarray
     log_var: np.ndarray
+    complete: bool  # every stream has one: the steady state, where nothing needs masking
 
 
 @dataclass
@@ -119,42 +121,51 @@ class StreamEngine:
         ts = np.asarray(ts, np.float64)
         values = np.asarray(values, np.float64).reshape(len(ids), self.channels)
         # Beyond float32's range a value is as useless as inf (and would overflow the statistics).
-        finite = (np.abs(values) <= FLOAT32_MAX).all(axis=1) & np.isfinite(ts)
-        ids, ts, values = self._keep(finite, "not_finite", ids, ts, values)
+        in_range, ts_finite = np.abs(values) <= FLOAT32_MAX, np.isfinite(ts)
+        if not (in_range.all() and ts_finite.all()):  # whole-array checks first: the common case
+            finite = in_range.all(axis=1) & ts_finite
+            ids, ts, values = self._keep(finite, "not_finite", ids, ts, values)
 
         store = self.store
         rows, _ = store.lookup(ids)
-        dt = ts - store.last_ts[rows]
-        fresh = ~(dt <= 0)  # NaN (a stream's first reading) is fresh
-        if not fresh.all():
+        dt = ts - store.last_ts.take(rows)
+        stale = dt <= 0  # NaN (a stream's first reading) is fresh
+        if stale.any():
+            fresh = ~stale
             self.counts["out_of_order"] += int((dt < 0).sum())
             self.counts["duplicate"] += int((dt == 0).sum())
             ids, ts, values, rows, dt = (_take(a, fresh) for a in (ids, ts, values, rows, dt))
 
         self._reset_after_gaps(rows, dt)
-        prior = Prior(store.has_pred[rows], store.pred_mean[rows], store.pred_log_var[rows])
-        norm_mean, norm_std = store.normalizer.scale(rows)
-        norm_count = store.normalizer.count[rows]
-        z = store.normalizer.step(rows, values)
+        has = store.has_pred.take(rows)
+        prior = Prior(
+            has,
+            store.pred_mean.take(rows, axis=0),
+            store.pred_log_var.take(rows, axis=0),
+            bool(has.all()),
+        )
+        scale = store.normalizer.scale(rows)
+        z = store.normalizer.step(rows, values, scale)
         novelty = store.envelope.step(
-            rows, values, norm_mean, norm_std, norm_count, store.normalizer.config.warmup
+            rows, values, scale.mean, scale.std, scale.count, store.normalizer.config.warmup
         )
         gap = store.gaps.step(rows, dt)
         raw, score, contrib = self._score(rows, z, prior, novelty)
 
-        seen = store.seen[rows] + 1
+        seen = store.seen.take(rows) + 1
         may_alert = prior.has & (seen > self.warmup)
         flags, entered, left = hysteresis(
-            store.anomalous[rows], score, self.settings.enter, self.settings.leave, may_alert
+            store.anomalous.take(rows), score, self.settings.enter, self.settings.leave, may_alert
         )
-        self._expect(rows, values, norm_mean, norm_std, prior)
+        self._expect(rows, values, scale, prior)
 
         x = np.concatenate([z, gap[:, None]], axis=1)
-        mean, log_var, h_next = self.model.step(x, store.h[rows])
+        mean, log_var, h_next = self.model.step(x, store.h.take(rows, axis=0))
         store.h[rows] = h_next
         store.pred_mean[rows] = mean
         store.pred_log_var[rows] = log_var
-        store.has_pred[rows] = True
+        if not prior.complete:
+            store.has_pred[rows] = True
         store.last_ts[rows] = ts
         store.seen[rows] = seen
         store.value[rows] = values
@@ -174,8 +185,7 @@ class StreamEngine:
         return Wave(ids, rows, ts, raw, score, flags, entered, left)
 
     def _keep(self, mask: np.ndarray, reason: str, ids: list[str], *arrays: np.ndarray):
-        if mask.all():
-            return (ids, *arrays)
+        """The readings in `mask`; the others are counted as dropped for `reason`."""
         self.counts[reason] += int((~mask).sum())
         return (_take(ids, mask), *(a[mask] for a in arrays))
 
@@ -194,24 +204,27 @@ class StreamEngine:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         has = prior.has
         total, contrib = surprise(z, prior.mean, prior.log_var)
-        raw = np.where(has, total, np.nan).astype(np.float32)
         calibrator = self.store.calibrator
-        if has.all():  # the steady state: no masked copies
-            score = calibrator.step(rows, total, novelty).astype(np.float32, copy=False)
+        if prior.complete:  # the steady state: no masked copies
+            raw = total.astype(np.float32, copy=False)
+            score = calibrator.step(rows, total, novelty)
         else:
+            raw = np.where(has, total, np.nan).astype(np.float32)
             score = np.zeros(len(rows), np.float32)
             if has.any():
                 score[has] = calibrator.step(rows[has], total[has], novelty[has])
         return raw, score, contrib.astype(np.int16)
 
-    def _expect(
-        self, rows: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray, prior: Prior
-    ) -> None:
+    def _expect(self, rows: np.ndarray, values: np.ndarray, scale: Scale, prior: Prior) -> None:
         """Expected value and 2-sigma band in sensor units: the previous step's prediction, denormalised."""
-        store = self.store
-        has = prior.has[:, None]
-        store.expected[rows] = np.where(has, mean + std * prior.mean, values)
-        store.band[rows] = np.where(has, 2.0 * std * np.exp(0.5 * prior.log_var), 0.0)
+        expected = scale.mean + scale.std * prior.mean
+        band = 2.0 * scale.std * np.exp(0.5 * prior.log_var)
+        if not prior.complete:
+            has = prior.has[:, None]
+            expected = np.where(has, expected, values)
+            band = np.where(has, band, 0.0)
+        self.store.expected[rows] = expected
+        self.store.band[rows] = band
 
 
 def _take(seq, mask: np.ndarray):

@@ -48,6 +48,17 @@ class NormalizerConfig:
         )
 
 
+@dataclass(slots=True)
+class Scale:
+    """A batch of streams' normalisation statistics before their readings: gathered once per
+    wave, since the z-scores and the engine's expected values both need them."""
+
+    count: np.ndarray  # [B]
+    mean: np.ndarray  # [B, C]
+    var: np.ndarray
+    std: np.ndarray  # floored: what z-scores divide by
+
+
 class Normalizer:
     """Per-stream online mean/variance over `channels` values (rows of a preallocated table)."""
 
@@ -67,46 +78,60 @@ class Normalizer:
         self.mean[rows] = 0.0
         self.var[rows] = 0.0
 
-    def scale(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, std) used to map z-scores back to sensor units, floored like `step`."""
-        mean = self.mean[rows]
-        return mean, self._std(mean, self.var[rows])
+    def scale(self, rows: np.ndarray) -> Scale:
+        """The statistics of these rows before their next reading (what `step` and the engine use)."""
+        mean = self.mean.take(rows, axis=0)
+        var = self.var.take(rows, axis=0)
+        return Scale(self.count.take(rows), mean, var, self._std(mean, var))
 
-    def step(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def step(self, rows: np.ndarray, x: np.ndarray, scale: Scale | None = None) -> np.ndarray:
         """z-scores of readings `x` [B, C] under each stream's statistics *before* it, then learn it.
 
         Scoring-before-learning keeps a reading from explaining itself away. A
         stream's first two readings get z = 0: there is no spread to measure yet.
+        `scale` is `scale(rows)` when the caller has it already. The exact (warm-up)
+        branch is computed only when some stream of the batch is still in it.
         """
         cfg = self.config
-        n = self.count[rows]
-        mean = self.mean[rows]
-        var = self.var[rows]
-        std = self._std(mean, var)
-        z = np.where((n >= 2)[:, None], (x - mean) / std, 0.0)
-        np.clip(z, -cfg.z_clip, cfg.z_clip, out=z)
-
-        warm = (n < cfg.warmup)[:, None]
-        n1 = (n + 1)[:, None].astype(np.float64)
+        s = scale if scale is not None else self.scale(rows)
+        n, mean, var, std = s.count, s.mean, s.var, s.std
+        warm = n < cfg.warmup
+        steady = cfg.warmup >= 2 and not warm.any()  # then every stream has had two readings
         delta = x - mean
-        w_mean = mean + delta / n1
-        w_var = var + (delta * (x - w_mean) - var) / n1
+        z = delta / std
+        if not steady:
+            z = np.where((n >= 2)[:, None], z, 0.0)
+        z.clip(-cfg.z_clip, cfg.z_clip, out=z)
 
+        # The exponential moving statistics, moved by the reading clipped to `clip_sigma`.
         bound = cfg.clip_sigma * std
-        xc = np.clip(x, mean - bound, mean + bound)
-        d = xc - mean
-        e_mean = mean + self._alpha * d
-        e_var = (1.0 - self._alpha) * (var + self._alpha * d * d)
+        d = x.clip(mean - bound, mean + bound)
+        d -= mean
+        new_mean = self._alpha * d
+        new_var = np.multiply(new_mean, d, out=d)
+        new_var += var
+        new_var *= 1.0 - self._alpha
+        new_mean += mean
 
-        self.mean[rows] = np.where(warm, w_mean, e_mean)
-        self.var[rows] = np.where(warm, w_var, e_var)
+        if not steady:  # exact (Welford) statistics for the streams still warming up
+            n1 = (n + 1)[:, None].astype(np.float64)
+            w_mean = mean + delta / n1
+            w_var = var + (delta * (x - w_mean) - var) / n1
+            new_mean = np.where(warm[:, None], w_mean, new_mean)
+            new_var = np.where(warm[:, None], w_var, new_var)
+        self.mean[rows] = new_mean
+        self.var[rows] = new_var
         self.count[rows] = n + 1
         return z.astype(np.float32)
 
     def _std(self, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
         cfg = self.config
-        floor = np.maximum(cfg.rel_floor * np.abs(mean), cfg.abs_floor)
-        return np.maximum(np.sqrt(np.maximum(var, 0.0)), floor)
+        floor = np.abs(mean)
+        floor *= cfg.rel_floor
+        np.maximum(floor, cfg.abs_floor, out=floor)
+        std = np.maximum(var, 0.0)
+        np.sqrt(std, out=std)
+        return np.maximum(std, floor, out=std)
 
 
 @dataclass(frozen=True)
@@ -146,20 +171,32 @@ class GapTracker:
 
     def period(self, rows: np.ndarray) -> np.ndarray:
         """Typical period in seconds; NaN for streams with no gap seen yet."""
-        return np.where(self.seen[rows] > 0, np.exp(self.log_period[rows]), np.nan)
+        return np.where(self.seen.take(rows) > 0, np.exp(self.log_period.take(rows)), np.nan)
 
     def step(self, rows: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        """Gap feature for gaps `dt` [B] (NaN for a stream's first reading -> 0), then learn them."""
+        """Gap feature for gaps `dt` [B] (NaN for a stream's first reading -> 0), then learn them.
+
+        The masking for unknown gaps and first gaps is done only when the batch has some.
+        """
         cfg = self.config
-        seen = self.seen[rows]
-        known = np.isfinite(dt) & (dt > 0)
-        log_dt = np.log(np.where(known, dt, 1.0))
-        lp = self.log_period[rows]
-        feature = np.where(known & (seen > 0), log_dt - lp, 0.0)
-        np.clip(feature, -cfg.clip, cfg.clip, out=feature)
+        seen = self.seen.take(rows)
+        lp = self.log_period.take(rows)
+        known = np.isfinite(dt)
+        known &= dt > 0
+        had = seen > 0
+        usual = known & had
+        steady = usual.all()
+        log_dt = np.log(dt if steady else np.where(known, dt, 1.0))
+        diff = log_dt - lp
+        feature = diff.clip(-cfg.clip, cfg.clip)
         # A long silence should not redefine the schedule: clip what is learned too.
-        learned = np.where(seen > 0, lp + self._alpha * np.clip(log_dt - lp, -1.0, 1.0), log_dt)
-        self.log_period[rows] = np.where(known, learned, lp)
+        learned = diff.clip(-1.0, 1.0, out=diff)
+        learned *= self._alpha
+        learned += lp
+        if not steady:
+            feature = np.where(usual, feature, 0.0)
+            learned = np.where(known, np.where(had, learned, log_dt), lp)
+        self.log_period[rows] = learned
         self.seen[rows] = seen + known
         return feature.astype(np.float32)
 

@@ -30,6 +30,8 @@ def surprise(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> tuple[np.n
     than either (docs/EVALUATION.md has the ablation).
     """
     terms = 0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * np.exp(-log_var) + z * z)
+    if terms.shape[1] == 1:  # one channel is the one contributing (an argmax over it is 6 us)
+        return terms.ravel(), np.zeros(len(terms), np.intp)
     return terms.sum(axis=1), terms.argmax(axis=1)
 
 
@@ -148,47 +150,95 @@ class Calibrator:
         `novelty` [B] (from `Envelope.step`, in standard deviations) adds
         `novelty_weight` nats per unit to -log p; the tail is learned from `raw` alone.
         A stream scores 0 until it has seen `warmup` raw scores: it has no tail to judge by yet.
+        This runs once per wave on every stream, so the arithmetic is done in place and the
+        warm-up branches are taken only when some stream in the wave is still warming up.
         """
         cfg = self.config
-        n = self.count[rows]
-        mean, dev, u, b = (getattr(self, f)[rows] for f in ("mean", "dev", "threshold", "excess"))
-        floored_dev, floored_b = np.maximum(dev, cfg.floor), np.maximum(b, cfg.floor)
-        log_p = self._log_tail_probability(raw, mean, floored_dev, u, floored_b)
-        if novelty is not None and cfg.novelty_weight:
-            log_p = log_p + cfg.novelty_weight * novelty
+        raw = np.asarray(raw, np.float64)  # one cast, not one in every mixed-type operation
+        n = self.count.take(rows)
+        mean, dev, u, b, peak = (
+            getattr(self, f).take(rows) for f in ("mean", "dev", "threshold", "excess", "peak")
+        )
         warm = n < cfg.warmup
-        recent_peak = self.peak[rows] * self._peak_decay
-        # Before the tail is learned -log p means little (a first reading's is huge): no peak yet.
-        self.peak[rows] = np.where(warm, 0.0, np.maximum(log_p, recent_peak))
-        log_p = np.where(log_p > recent_peak, log_p, cfg.repeat_factor * log_p)
-        score = np.where(warm, 0.0, -np.expm1(-log_p))
-
-        w = np.where(warm, 1.0 / (n + 1.0), self._alpha)
-        new_mean = mean + w * (raw - mean)
-        spread = np.where(n > 0, np.abs(raw - mean), dev)  # a first reading has no mean to miss
-        new_dev = dev + w * (spread - dev)
+        # Past warm-up (and warm-up is at least one reading) no stream is at its first reading.
+        steady = cfg.warmup > 0 and not warm.any()
+        miss = raw - mean
+        over = raw - u
         above = raw > u
-        tracked = u + cfg.quantile_rate * floored_b * (above - (1.0 - cfg.quantile))
-        learned_b = np.where(above, b + self._gamma * (raw - u - b), b)
+        floored_b = np.maximum(b, cfg.floor)
+        log_p = self._log_tail_probability(
+            raw, mean, u, np.maximum(dev, cfg.floor), floored_b, miss, over, above
+        )
+        if novelty is not None and cfg.novelty_weight:
+            log_p += cfg.novelty_weight * novelty
+
+        recent_peak = np.multiply(peak, self._peak_decay, out=peak)
+        # Before the tail is learned -log p means little (a first reading's is huge): no peak yet.
+        new_peak = np.maximum(log_p, recent_peak)
+        log_p = np.where(log_p > recent_peak, log_p, cfg.repeat_factor * log_p)
+        score = np.negative(np.expm1(np.negative(log_p, out=log_p), out=log_p), out=log_p)  # 1 - p
+
+        w = self._alpha if steady else np.where(warm, 1.0 / (n + 1.0), self._alpha)
+        new_mean = np.multiply(miss, w)
+        new_mean += mean
+        spread = np.abs(miss, out=miss)
+        if not steady:  # a first reading has no mean to miss
+            spread = np.where(n > 0, spread, dev)
+        new_dev = np.subtract(spread, dev, out=spread)
+        new_dev *= w
+        new_dev += dev
+        tracked = cfg.quantile_rate * floored_b
+        tracked *= above - (1.0 - cfg.quantile)
+        tracked += u
+        learned_b = np.subtract(over, b, out=over)
+        learned_b *= self._gamma
+        learned_b = np.add(b, learned_b, out=b, where=above)
+        if not steady:
+            # Until the tail is learned it is guessed from the bulk: 3 deviations up, one deviation wide.
+            tracked = np.where(warm, new_mean + 3.0 * new_dev, tracked)
+            learned_b = np.where(warm, new_dev, learned_b)
+            new_peak[warm] = 0.0
+            score[warm] = 0.0
         self.mean[rows] = new_mean
         self.dev[rows] = new_dev
-        # Until the tail is learned it is guessed from the bulk: 3 deviations up, one deviation wide.
-        self.threshold[rows] = np.where(warm, new_mean + 3.0 * new_dev, tracked)
-        self.excess[rows] = np.where(warm, new_dev, learned_b)
+        self.threshold[rows] = tracked
+        self.excess[rows] = learned_b
+        self.peak[rows] = new_peak
         self.count[rows] = n + 1
         return score.astype(np.float32)
 
     def _log_tail_probability(
-        self, raw: np.ndarray, mean: np.ndarray, dev: np.ndarray, u: np.ndarray, b: np.ndarray
+        self,
+        raw: np.ndarray,
+        mean: np.ndarray,
+        u: np.ndarray,
+        dev: np.ndarray,
+        b: np.ndarray,
+        miss: np.ndarray,
+        over: np.ndarray,
+        above: np.ndarray,
     ) -> np.ndarray:
         """-log p, increasing in `raw`: the exponential tail beyond the threshold `u`; from the
-        stream's mean (p = 1/2) up to `u` a straight line; below the mean, decaying to 0."""
+        stream's mean (p = 1/2) up to `u` a straight line; below the mean, decaying to 0.
+
+        `dev` and `b` are floored. `miss` (raw - mean), `over` (raw - u) and `above` (raw > u)
+        come from the caller, which needs them too; they are left unchanged.
+        """
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            beyond = self._log_tail + (raw - u) / b
-            rise = np.clip((raw - mean) / (u - mean), 0.0, 1.0)
-            middle = LOG_2 + (self._log_tail - LOG_2) * np.nan_to_num(rise)
-            low = LOG_2 * np.exp(np.minimum(raw - mean, 0.0) / dev)
-        return np.where(raw > u, beyond, np.where(raw >= mean, middle, low))
+            log_p = np.minimum(miss, 0.0)
+            log_p /= dev
+            np.exp(log_p, out=log_p)
+            log_p *= LOG_2
+            # The straight line; 0/0 (a stream whose threshold sits at its mean) counts as its start.
+            rise = np.divide(miss, u - mean)
+            np.fmin(np.fmax(rise, 0.0, out=rise), 1.0, out=rise)
+            rise *= self._log_tail - LOG_2
+            rise += LOG_2
+            log_p = np.where(raw >= mean, rise, log_p)  # a masked copy is slower at half density
+            beyond = np.divide(over, b)
+            beyond += self._log_tail
+            np.copyto(log_p, beyond, where=above)
+        return log_p
 
 
 class Envelope:
