@@ -149,8 +149,14 @@ class StreamEngine:
         novelty = store.envelope.step(
             rows, values, scale.mean, scale.std, scale.count, store.normalizer.config.warmup
         )
+        seasonal = None
+        if store.seasonal.enabled:
+            seasonal = store.seasonal.step(
+                rows, values, ts, dt, scale.mean, scale.std, scale.count,
+                store.normalizer.config.warmup,
+            )  # fmt: skip
         gap = store.gaps.step(rows, dt)
-        raw, score, contrib = self._score(rows, z, prior, novelty)
+        raw, score, contrib = self._score(rows, z, prior, novelty, seasonal)
 
         seen = store.seen.take(rows) + 1
         may_alert = prior.has & (seen > self.warmup)
@@ -200,10 +206,15 @@ class StreamEngine:
             self.counts["gap_resets"] += int(gone.sum())
 
     def _score(
-        self, rows: np.ndarray, z: np.ndarray, prior: Prior, novelty: np.ndarray
+        self,
+        rows: np.ndarray,
+        z: np.ndarray,
+        prior: Prior,
+        novelty: np.ndarray,
+        seasonal: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         has = prior.has
-        total, contrib = surprise(z, prior.mean, prior.log_var)
+        total, contrib = surprise(z, prior.mean, prior.log_var, seasonal)
         calibrator = self.store.calibrator
         if prior.complete:  # the steady state: no masked copies
             raw = total.astype(np.float32, copy=False)

@@ -19,7 +19,12 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 LOG_2 = float(np.log(2.0))
 
 
-def surprise(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def surprise(
+    z: np.ndarray,
+    mean: np.ndarray,
+    log_var: np.ndarray,
+    seasonal: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(raw surprise [B], the channel contributing most [B]) of normalised readings `z` [B, C].
 
     Two horizons, added per channel: the Gaussian negative log-likelihood under the
@@ -28,11 +33,37 @@ def surprise(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> tuple[np.n
     the one-step model follows within a few readings: a level shift, a drift). The
     second term alone is a z-score detector; together they rank NAB's anomalies better
     than either (docs/EVALUATION.md has the ablation).
+
+    `seasonal` (from `Seasonal.step`: residual, its variance, gate, each [B, C]) lets the
+    stream's time-of-day expectation explain the reading: where the reading is likelier
+    under it than under the model (or than under the long-run distribution), that term
+    is lowered towards the seasonal one, in proportion to the gate (`explained`).
     """
     terms = 0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * np.exp(-log_var) + z * z)
+    if seasonal is not None and seasonal[2].any():  # a gate open somewhere in the wave
+        nll = 0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * np.exp(-log_var))
+        terms -= explained(z, nll, *seasonal)
     if terms.shape[1] == 1:  # one channel is the one contributing (an argmax over it is 6 us)
         return terms.ravel(), np.zeros(len(terms), np.intp)
     return terms.sum(axis=1), terms.argmax(axis=1)
+
+
+def explained(
+    z: np.ndarray, nll: np.ndarray, resid: np.ndarray, var: np.ndarray, gate: np.ndarray
+) -> np.ndarray:
+    """How much of the model's NLL and of 0.5 z**2 the seasonal expectation explains, per channel.
+
+    Under the seasonal expectation the reading has the residual `resid` with variance
+    `var` (normalised units): its Gaussian NLL and its 0.5 zs**2 replace the model's NLL
+    and 0.5 z**2 where they are smaller, weighted by `gate` in [0, 1]. Never negative:
+    the seasonal term only explains surprise away, it adds none.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        v = np.maximum(var, Seasonal.VAR_FLOOR)
+        zs2 = 0.5 * np.minimum(resid * resid / v, Seasonal.ZS2_CLIP)
+        nll_seasonal = 0.5 * (LOG_2PI + np.log(v)) + zs2
+        gain = np.maximum(nll - nll_seasonal, 0.0) + np.maximum(0.5 * z * z - zs2, 0.0)
+    return np.where(gate > 0, gate * gain, 0.0).astype(nll.dtype, copy=False)
 
 
 @dataclass(frozen=True)
@@ -80,6 +111,18 @@ class CalibrationConfig:
     little more surprising than the stream's usual spikes cannot outrank them; the
     envelope says that a value is new. Two floats per channel; on NAB +5.4 standard,
     +12.9 low FP, +4.4 low FN (docs/EVALUATION.md has the ablation).
+
+    Seasonal: each channel learns a time-of-day profile (`seasonal_harmonics` harmonics
+    of the UTC day, from each reading's own timestamp; 0 = off) with
+    `seasonal_halflife` days of memory, and the profile explains away the part of the
+    model's NLL and of 0.5 z**2 that the time of day accounts for (`explained`). It is
+    switched on per channel only by evidence: the share of the variance the profile
+    explains, measured out of sample (each prediction made before its reading is
+    learned) against a local level with `seasonal_baseline_halflife` hours, so that a
+    random walk, which a slowly learned profile would otherwise track, does not count
+    as daily. The gate fades in from 0 at the share `seasonal_on` to 1 at
+    `seasonal_full`. Ten float32 per channel with 3 harmonics; on NAB +1.6 standard,
+    +0.9 low FP, +1.6 low FN (docs/EVALUATION.md has the ablation).
     """
 
     warmup: int = 50
@@ -92,6 +135,11 @@ class CalibrationConfig:
     repeat_factor: float = 0.5
     novelty_weight: float = 16.0
     novelty_halflife: float = 100_000.0
+    seasonal_harmonics: int = 3
+    seasonal_halflife: float = 3.0
+    seasonal_baseline_halflife: float = 6.0
+    seasonal_on: float = 0.05
+    seasonal_full: float = 0.15
 
     def __post_init__(self) -> None:
         checks = (
@@ -105,6 +153,19 @@ class CalibrationConfig:
             ("repeat_factor", 0 <= self.repeat_factor <= 1, "must be in [0, 1]"),
             ("novelty_weight", self.novelty_weight >= 0, "must be >= 0 (0 = off)"),
             ("novelty_halflife", self.novelty_halflife >= 0, "must be >= 0 (0 = never relax)"),
+            ("seasonal_harmonics", self.seasonal_harmonics >= 0, "must be >= 0 (0 = off)"),
+            ("seasonal_halflife", self.seasonal_halflife > 0, "must be > 0 (days)"),
+            (
+                "seasonal_baseline_halflife",
+                self.seasonal_baseline_halflife > 0,
+                "must be > 0 (hours)",
+            ),
+            ("seasonal_on", 0 <= self.seasonal_on < 1, "must be in [0, 1)"),
+            (
+                "seasonal_full",
+                self.seasonal_on < self.seasonal_full <= 1,
+                "must be in (seasonal_on, 1]",
+            ),
         )
         for key, ok, message in checks:
             if not ok:
@@ -289,6 +350,144 @@ class Envelope:
         self.high[rows] = np.maximum(high, x)
         self.low[rows] = np.minimum(low, x)
         return np.where(count >= warmup, novelty, 0.0)
+
+
+class Seasonal:
+    """Per-stream, per-channel time-of-day profile: what a reading is expected to be at its hour.
+
+    The profile predicts the reading's offset from the normaliser's mean as a truncated
+    Fourier series of the UTC time of day (`ts` modulo 86,400 s; a stream whose day
+    follows another time zone is only phase-shifted, which the series absorbs): a
+    constant and `seasonal_harmonics` cosine/sine pairs, learned by least mean squares
+    with a per-reading weight set by the time since the stream's previous reading (capped
+    at `MAX_STEP`), so the memory is `seasonal_halflife` days whatever the sampling rate.
+    A stream read many times a second learns almost nothing per reading (float32), so
+    its profile stays flat and the gate off: harmless, by design.
+
+    Evidence: EMAs (same memory) of the squared residual under the profile and under a
+    local level (an EMA of the offset with `seasonal_baseline_halflife` hours), both out
+    of sample, both clipped at 4 of the local level's standard deviations. The share of
+    variance the profile explains beyond the local level, `1 - resid_var / base_var`,
+    opens the gate between `seasonal_on` and `seasonal_full`. Nothing is learned and the
+    gate stays shut while the normaliser warms up. One float32 table over stream rows
+    (per channel: 2 * `seasonal_harmonics` + 1 coefficients, then the two variances and
+    the local level); with `seasonal_harmonics` 0 it is empty and `step` is not called.
+    """
+
+    FIELDS = ("table",)
+    DAY = 86_400.0
+    MAX_STEP = 3_600.0  # seconds one reading may stand for: a reading after a gap is one reading
+    CLIP = 4.0  # residuals are clipped at this many local-level standard deviations
+    VAR_FLOOR = 1e-12  # normalised units
+    ZS2_CLIP = 400.0  # 0.5 zs**2 beyond 20 standard deviations has long saturated
+
+    def __init__(
+        self, capacity: int, channels: int, config: CalibrationConfig | None = None
+    ) -> None:
+        self.config = cfg = config or CalibrationConfig()
+        k = cfg.seasonal_harmonics
+        self._terms = p = 2 * k + 1
+        # One table, so a wave is one gather and one scatter: per channel the profile's
+        # coefficients (constant, cos 1..k, sin 1..k), then resid_var, base_var, level.
+        self.table = np.zeros((capacity, channels if k else 0, p + 3), np.float32)
+        orders = np.arange(1, k + 1, dtype=np.float64)
+        self._orders = np.concatenate([orders, orders])
+        self._shift = np.concatenate(
+            [np.zeros(k), np.full(k, -0.5 * np.pi)]
+        )  # sin x = cos(x - pi/2)
+        self._gain = np.concatenate([[1.0], np.full(2 * k, 2.0)])  # E[cos^2] = E[sin^2] = 1/2
+        self._neg_rates = -LOG_2 / np.array(
+            [cfg.seasonal_halflife * self.DAY, cfg.seasonal_baseline_halflife * 3_600.0]
+        )
+        self._gate_scale = 1.0 / (cfg.seasonal_full - cfg.seasonal_on)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.seasonal_harmonics > 0
+
+    @property
+    def coef(self) -> np.ndarray:
+        return self.table[..., : self._terms]
+
+    def reset(self, rows: np.ndarray) -> None:
+        self.table[rows] = 0
+
+    def step(
+        self,
+        rows: np.ndarray,
+        x: np.ndarray,
+        ts: np.ndarray,
+        dt: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        count: np.ndarray,
+        warmup: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(residual, its variance, gate), each [B, C], of readings `x` [B, C] at times `ts` [B]
+        under each stream's profile before them (residual and variance in the normaliser's
+        standard deviations); then learn them.
+
+        `dt` [B] is the time since the stream's previous reading (NaN: none); `mean`, `std`
+        [B, C] and `count` [B] are the normaliser's before this reading. This runs once per
+        wave on every stream, so the steady state (every stream past warm-up, with
+        evidence) skips the masks.
+        """
+        cfg = self.config
+        p = self._terms
+        table = self.table.take(rows, axis=0).astype(np.float64)
+        coef, resid_var, base_var, level = (
+            table[..., :p],
+            table[..., p],
+            table[..., p + 1],
+            table[..., p + 2],
+        )
+        # fmod, not mod: the same phase for a time before 1970, and faster. The cosines in
+        # float32 are 15x faster and off by 1e-6 rad at most (a tenth of a second of the day).
+        phase = np.multiply.outer(np.fmod(ts, self.DAY) * (2.0 * np.pi / self.DAY), self._orders)
+        phase += self._shift
+        basis = np.empty((len(rows), p))
+        basis[:, 0] = 1.0
+        basis[:, 1:] = np.cos(phase.astype(np.float32))
+        offset = x - mean
+        miss = offset - np.matmul(coef, basis[:, :, None])[..., 0]
+        base_miss = offset - level
+        ready = count >= warmup
+        steady = bool(ready.all()) and bool((base_var > 0).all())
+        if steady:
+            share = 1.0 - resid_var / base_var
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = 1.0 - resid_var / base_var
+            share = np.where(ready[:, None] & (base_var > 0), share, 0.0)
+        gate = np.minimum(np.maximum((share - cfg.seasonal_on) * self._gate_scale, 0.0), 1.0)
+        result = miss / std, resid_var / (std * std), gate
+
+        # Learn. The first reading past warm-up starts both variances at the same value.
+        if steady:  # every stream has had a reading before: dt is finite
+            step = np.minimum(dt, self.MAX_STEP)
+        else:
+            first = ready[:, None] & (base_var == 0)
+            square = offset * offset
+            resid_var = np.where(first, square, resid_var)
+            base_var = np.where(first, square, base_var)
+            step = np.minimum(np.nan_to_num(dt, nan=0.0), self.MAX_STEP)
+        rates = -np.expm1(np.multiply.outer(step, self._neg_rates))
+        if not steady:
+            rates[~ready, 0] = 0.0  # the profile and its evidence wait for the normaliser
+        rate, base_rate = rates[:, :1], rates[:, 1:]
+        bound = self.CLIP * np.sqrt(base_var)
+        miss = np.minimum(np.maximum(miss, -bound), bound)
+        base_miss = np.minimum(np.maximum(base_miss, -bound), bound)
+        new = np.empty_like(table)
+        new[..., :p] = coef + (rate * miss)[:, :, None] * (basis * self._gain)[:, None, :]
+        new[..., p] = resid_var + rate * (miss * miss - resid_var)
+        new[..., p + 1] = base_var + rate * (base_miss * base_miss - base_var)
+        new_level = level + base_rate * base_miss
+        if not steady:
+            new_level = np.where(ready[:, None] & ~first, new_level, offset)
+        new[..., p + 2] = new_level
+        self.table[rows] = new
+        return result
 
 
 def hysteresis(

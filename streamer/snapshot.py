@@ -1,8 +1,9 @@
 """State snapshots: every stream's state on disk, so a restart continues where it stopped.
 
-Format (version 2; version 1 lacked the value envelope `env.*`): the magic `STRMSNAP`, a
-format version, the sha256 of the body, then the body, an uncompressed `.npz` (numpy
-arrays only, loaded with pickle off) holding a JSON header (routes, stream ids in
+Format (version 3; version 2 lacked the time-of-day profile `seas.*`, version 1 also the
+value envelope `env.*`): the magic `STRMSNAP`, a format version, the sha256 of the body,
+then the body, an uncompressed `.npz` (numpy arrays only, loaded with pickle off)
+holding a JSON header (routes, stream ids in
 least-recently-seen order, state size, channels, model sha256) and each route's per-row
 arrays for the streams in use. Written atomically: temporary file in the same
 directory, fsync, rename, fsync of the directory, so a crash leaves the old snapshot or
@@ -27,7 +28,7 @@ from .errors import SnapshotError
 from .state import StateStore
 
 MAGIC = b"STRMSNAP"
-VERSION = 2
+VERSION = 3
 _HEAD = struct.Struct("<8sI32s")
 
 
@@ -65,7 +66,13 @@ def restore(state: RouteState, store: StateStore) -> int:
     for key, target in targets.items():
         if key not in state.arrays:
             raise SnapshotError(f"route {state.name}: snapshot lacks the field {key!r}")
-        target[rows] = state.arrays[key][skip:]
+        saved = state.arrays[key]
+        if saved.shape[1:] != target.shape[1:]:  # e.g. another number of seasonal harmonics
+            raise SnapshotError(
+                f"route {state.name}: field {key!r} has shape {saved.shape[1:]} per stream, "
+                f"this configuration {target.shape[1:]}"
+            )
+        target[rows] = saved[skip:]
     return len(ids)
 
 

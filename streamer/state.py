@@ -16,7 +16,7 @@ from operator import itemgetter
 import numpy as np
 
 from .normalize import GapConfig, GapTracker, Normalizer, NormalizerConfig
-from .score import CalibrationConfig, Calibrator, Envelope
+from .score import CalibrationConfig, Calibrator, Envelope, Seasonal
 
 
 def _consume(iterator: Iterator[object]) -> None:
@@ -77,6 +77,7 @@ class StateStore:
         self.gaps = GapTracker(capacity, gap)
         self.calibrator = Calibrator(capacity, calibration)
         self.envelope = Envelope(capacity, channels, calibration)
+        self.seasonal = Seasonal(capacity, channels, calibration)
         self.index: OrderedDict[str, int] = OrderedDict()
         self.ids: list[str | None] = [None] * capacity
         self._free = list(range(capacity - 1, -1, -1))
@@ -140,6 +141,7 @@ class StateStore:
         self.gaps.reset(rows)
         self.calibrator.reset(rows)
         self.envelope.reset(rows)
+        self.seasonal.reset(rows)
 
     def rows_of(self, ids: Sequence[str]) -> np.ndarray:
         """Rows of known streams (no allocation); -1 for unknown ones."""
@@ -153,6 +155,7 @@ class StateStore:
             ("gap", self.gaps),
             ("cal", self.calibrator),
             ("env", self.envelope),
+            ("seas", self.seasonal),
         ):
             out.update({f"{prefix}.{f}": getattr(part, f) for f in part.FIELDS})
         return out

@@ -21,6 +21,7 @@ from streamer import snapshot
 from streamer.engine import StreamEngine
 from streamer.errors import ModelError, SnapshotError
 from streamer.model import StepModel, file_sha256
+from streamer.score import CalibrationConfig
 
 T0 = 1_700_000_000.0
 
@@ -70,6 +71,7 @@ def test_scores_after_a_restart_continue_as_if_there_had_been_none(model_path, t
         (lambda b: b"NOTASNAP" + b[8:], "magic"),
         (lambda b: b[:8] + (99).to_bytes(4, "little") + b[12:], "version 99"),
         (lambda b: b[:8] + (1).to_bytes(4, "little") + b[12:], "version 1"),
+        (lambda b: b[:8] + (2).to_bytes(4, "little") + b[12:], "version 2"),
     ],
 )
 def test_damaged_snapshots_are_refused_with_a_reason(model_path, tmp_path, damage, message):
@@ -93,6 +95,30 @@ def test_snapshot_without_the_value_envelope_is_refused(model_path, tmp_path):
     (old,) = snapshot.decode(snapshot.encode([state]))
     with pytest.raises(SnapshotError, match=r"env\.high"):
         snapshot.restore(old, StreamEngine(model).store)
+
+
+def test_snapshot_without_the_time_of_day_profile_is_refused(model_path, tmp_path):
+    """Version 2's layout (before the seasonal profile): restoring it would lose the profiles."""
+    model = StepModel(model_path)
+    engine = StreamEngine(model)
+    ids, values = readings(3, 20)
+    run(engine, ids, values, 0, 20)
+    state = snapshot.capture("r", engine.store, model.sha256)
+    state.arrays = {k: v for k, v in state.arrays.items() if not k.startswith("seas.")}
+    (old,) = snapshot.decode(snapshot.encode([state]))
+    with pytest.raises(SnapshotError, match=r"seas\.table"):
+        snapshot.restore(old, StreamEngine(model).store)
+
+
+def test_snapshot_with_another_number_of_harmonics_is_refused(model_path):
+    model = StepModel(model_path)
+    engine = StreamEngine(model)
+    ids, values = readings(3, 20)
+    run(engine, ids, values, 0, 20)
+    (state,) = snapshot.decode(snapshot.encode([snapshot.capture("r", engine.store, model.sha256)]))
+    other = StreamEngine(model, calibration=CalibrationConfig(seasonal_harmonics=2))
+    with pytest.raises(SnapshotError, match=r"seas\.table.*shape"):
+        snapshot.restore(state, other.store)
 
 
 def small_model(path: Path, hidden: int) -> Path:
