@@ -3,12 +3,12 @@
 Format (version 3; version 2 lacked the time-of-day profile `seas.*`, version 1 also the
 value envelope `env.*`): the magic `STRMSNAP`, a format version, the sha256 of the body,
 then the body, an uncompressed `.npz` (numpy arrays only, loaded with pickle off)
-holding a JSON header (routes, stream ids in
-least-recently-seen order, state size, channels, model sha256) and each route's per-row
-arrays for the streams in use. Written atomically: temporary file in the same
-directory, fsync, rename, fsync of the directory, so a crash leaves the old snapshot or
-the new one, never half of one. A corrupt or incompatible file is refused with a message
-saying why; the daemon then starts cold.
+holding a JSON header (routes, stream ids in least-recently-seen order, state size,
+channels, model sha256) and each route's per-row arrays for the streams in use. Written
+atomically: temporary file in the same directory, fsync, rename, fsync of the
+directory, so a crash leaves the old snapshot or the new one, never half of one. A
+corrupt or incompatible file (another format version included) is refused with a
+message saying why; the daemon then starts cold.
 """
 
 from __future__ import annotations
