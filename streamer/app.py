@@ -39,6 +39,7 @@ from .metrics import (
 from .model import DEFAULT_MODEL, StepModel
 from .parse import Parser, PayloadSpec, TopicTemplate
 from .record import Recorder
+from .score import CalibrationConfig
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,15 @@ def make_route(index: int, route: RouteConfig, model: StepModel, cfg: Config) ->
     return Route(index, route.name, template.topic_filter, Parser(template, spec), channels)
 
 
+def calibration(model: StepModel, cfg: Config) -> CalibrationConfig:
+    """The model's own score calibration with the operator's `engine.calibration` over it."""
+    own = CalibrationConfig.from_dict(model.info.extra.get("calibration", {}))
+    try:
+        return own.with_overrides(cfg.engine.calibration)
+    except ConfigError as e:
+        raise ConfigError(f"engine.calibration: {e}") from None
+
+
 def engine_settings(cfg: Config) -> EngineSettings:
     e = cfg.engine
     return EngineSettings(e.capacity, e.gap_reset, e.warmup, e.enter, e.leave)
@@ -196,7 +206,7 @@ class Daemon:
             make_route(i, r, m, cfg)
             for i, (r, m) in enumerate(zip(cfg.routes, models, strict=True))
         ]
-        self.engines = [StreamEngine(m, engine_settings(cfg)) for m in models]
+        self.engines = [StreamEngine(m, engine_settings(cfg), calibration(m, cfg)) for m in models]
         b = cfg.batch
         self.batcher = Batcher(b.max_size, b.max_delay_ms / 1000.0, b.queue_size)
         self.ingest = Ingest(cfg.mqtt, routes, self.batcher)

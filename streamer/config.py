@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .score import CalibrationConfig
 
 ENV_PREFIX = "STREAMER_"
 
@@ -71,6 +72,8 @@ class EngineConfig:
     leave: float = 0.99  # ... and below which it is normal again (hysteresis)
     provider: str = "cpu"  # cpu | cuda | auto
     threads: int = 1
+    # JSON object of score calibration fields over the model's own, e.g. '{"seasonal_harmonics": 0}'
+    calibration: str = ""
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,10 @@ def validate(cfg: Config) -> None:
         e.provider,
     )
     _check(e.threads >= 1, "engine.threads", "must be >= 1", e.threads)
+    try:
+        CalibrationConfig().with_overrides(e.calibration)
+    except ConfigError as error:
+        raise ConfigError(f"engine.calibration: {error}") from None
     _check(b.max_size >= 1, "batch.max_size", "must be >= 1", b.max_size)
     _check(0 <= b.max_delay_ms <= 1000, "batch.max_delay_ms", "must be 0..1000", b.max_delay_ms)
     _check(

@@ -434,12 +434,9 @@ def _detector(args: argparse.Namespace) -> Detector:
     if args.calibration is None:
         return Detector(args.model)
     try:
-        overrides = json.loads(args.calibration)
-        return Detector(args.model, replace(CalibrationConfig(), **overrides))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f"--calibration: not a JSON object of CalibrationConfig fields: {e}"
-        ) from None
+        return Detector(args.model, CalibrationConfig().with_overrides(args.calibration))
+    except ConfigError as e:
+        raise ConfigError(f"--calibration: {e}") from None
 
 
 def _command(args: argparse.Namespace) -> str:

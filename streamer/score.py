@@ -9,6 +9,7 @@ move it without touching the model.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,6 +180,29 @@ class CalibrationConfig:
         return cls(
             **{k: type(getattr(cls, k))(v) for k, v in d.items() if k in cls.__dataclass_fields__}
         )
+
+    def with_overrides(self, text: str) -> CalibrationConfig:
+        """This configuration with `text`, a JSON object of some of its fields, applied.
+
+        How an operator changes scoring without re-exporting the model (the daemon's
+        `engine.calibration`, `streamer evaluate --calibration`), e.g. '{"seasonal_harmonics": 0}'.
+        """
+        if not text:
+            return self
+        try:
+            overrides = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"not JSON: {e}") from None
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"must be a JSON object of calibration fields, got {text!r}")
+        unknown = sorted(set(overrides) - set(self.__dataclass_fields__))
+        if unknown:
+            known = ", ".join(self.__dataclass_fields__)
+            raise ConfigError(f"unknown calibration field {unknown[0]!r} (known: {known})")
+        try:
+            return CalibrationConfig.from_dict({**self.to_dict(), **overrides})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"bad calibration value: {e}") from None
 
 
 class Calibrator:

@@ -6,6 +6,7 @@ import pytest
 
 from streamer import config
 from streamer.__main__ import build_parser
+from streamer.app import Daemon
 from streamer.errors import ConfigError
 
 
@@ -38,6 +39,10 @@ def test_routes_from_file(tmp_path):
         ("", {"STREAMER_ENGINE_ENTER": "0.5", "STREAMER_ENGINE_LEAVE": "0.9"}, "engine.enter"),
         ("", {"STREAMER_ENGINE_CAPACITY": "10"}, "engine.capacity"),
         ("", {"STREAMER_MQTT_CA_FILE": "/nonexistent/ca.pem"}, "mqtt.ca_file"),
+        ("", {"STREAMER_ENGINE_CALIBRATION": "{quantile: 1}"}, "engine.calibration: not JSON"),
+        ("", {"STREAMER_ENGINE_CALIBRATION": "[1]"}, "engine.calibration: must be a JSON obj"),
+        ("", {"STREAMER_ENGINE_CALIBRATION": '{"qantile": 0.9}'}, "engine.calibration: unknown"),
+        ("", {"STREAMER_ENGINE_CALIBRATION": '{"quantile": 2}'}, "calibration.quantile"),
         ("[mqtt]\nhots = 1\n", {}, "mqtt.hots"),
         ("[mqt]\n", {}, "mqt"),
         ('[[routes]]\nformat = "xml"\n', {}, "routes[0].format"),
@@ -59,3 +64,13 @@ def test_every_key_is_a_flag():
     for section, cls in config.SECTIONS.items():
         for name in cls.__dataclass_fields__:
             assert f"--{section}-{name}".replace("_", "-") in flags
+
+
+def test_the_daemon_scores_with_the_model_calibration_and_the_operator_overrides():
+    env = {"STREAMER_METRICS_ENABLED": "false"}
+    default = Daemon(config.load(environ=env)).engines[0]
+    assert default.calibration.seasonal_harmonics == 3 and default.store.seasonal.enabled
+    overrides = {"STREAMER_ENGINE_CALIBRATION": '{"seasonal_harmonics": 0}'}
+    tuned = Daemon(config.load(environ={**env, **overrides})).engines[0]
+    assert tuned.calibration.seasonal_harmonics == 0 and not tuned.store.seasonal.enabled
+    assert tuned.calibration.novelty_weight == default.calibration.novelty_weight
