@@ -146,15 +146,11 @@ class StreamEngine:
         )
         scale = store.normalizer.scale(rows)
         z = store.normalizer.step(rows, values, scale)
-        novelty = store.envelope.step(
-            rows, values, scale.mean, scale.std, scale.count, store.normalizer.config.warmup
-        )
+        warmup = store.normalizer.config.warmup
+        novelty = store.envelope.step(rows, values, scale, warmup)
         seasonal = None
         if store.seasonal.enabled:
-            seasonal = store.seasonal.step(
-                rows, values, ts, dt, scale.mean, scale.std, scale.count,
-                store.normalizer.config.warmup,
-            )  # fmt: skip
+            seasonal = store.seasonal.step(rows, values, ts, dt, scale, warmup)
         gap = store.gaps.step(rows, dt)
         raw, score, contrib = self._score(rows, z, prior, novelty, seasonal)
 

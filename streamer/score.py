@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError
+from .normalize import Scale
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 LOG_2 = float(np.log(2.0))
@@ -354,18 +355,17 @@ class Envelope:
         self,
         rows: np.ndarray,
         x: np.ndarray,
-        mean: np.ndarray,
-        std: np.ndarray,
-        count: np.ndarray,
+        scale: Scale,
         warmup: int,
     ) -> np.ndarray:
         """Novelty [B] of readings `x` [B, C]: standard deviations beyond the envelope, summed
         over channels; then widen the envelope to hold them.
 
-        `mean`, `std` [B, C] and `count` [B] are the normaliser's before this reading.
-        The envelope starts at a stream's first reading (`count` 0); novelty is 0 while
-        the normaliser is warming up (`count` < `warmup`): every early value is new.
+        `scale` is the normaliser's statistics before this reading. The envelope starts at
+        a stream's first reading (count 0); novelty is 0 while the normaliser is warming up
+        (count < `warmup`): every early value is new.
         """
+        mean, std, count = scale.mean, scale.std, scale.count
         first = (count == 0)[:, None]
         high = np.where(first, x, np.maximum(mean + self._decay * (self.high[rows] - mean), mean))
         low = np.where(first, x, np.minimum(mean + self._decay * (self.low[rows] - mean), mean))
@@ -442,21 +442,20 @@ class Seasonal:
         x: np.ndarray,
         ts: np.ndarray,
         dt: np.ndarray,
-        mean: np.ndarray,
-        std: np.ndarray,
-        count: np.ndarray,
+        scale: Scale,
         warmup: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(residual, its variance, gate), each [B, C], of readings `x` [B, C] at times `ts` [B]
         under each stream's profile before them (residual and variance in the normaliser's
         standard deviations); then learn them.
 
-        `dt` [B] is the time since the stream's previous reading (NaN: none); `mean`, `std`
-        [B, C] and `count` [B] are the normaliser's before this reading. This runs once per
-        wave on every stream, so the steady state (every stream past warm-up, with
-        evidence) skips the masks.
+        `dt` [B] is the time since the stream's previous reading (NaN: none); `scale` is the
+        normaliser's statistics before this reading. This runs once per wave on every
+        stream, so the steady state (every stream past warm-up, with evidence) skips the
+        masks.
         """
         cfg = self.config
+        mean, std, count = scale.mean, scale.std, scale.count
         p = self._terms
         table = self.table.take(rows, axis=0).astype(np.float64)
         coef, resid_var, base_var, level = (

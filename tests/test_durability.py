@@ -84,29 +84,22 @@ def test_damaged_snapshots_are_refused_with_a_reason(model_path, tmp_path, damag
         snapshot.decode(damage(blob))
 
 
-def test_snapshot_without_the_value_envelope_is_refused(model_path, tmp_path):
-    """Version 1's layout (before the novelty envelope): restoring it would lose the ranges."""
+@pytest.mark.parametrize(
+    ("prefix", "field"),
+    [
+        ("env.", r"env\.high"),  # version 1's layout: restoring it would lose the value ranges
+        ("seas.", r"seas\.table"),  # version 2's: it would lose the time-of-day profiles
+    ],
+)
+def test_snapshot_of_an_older_layout_is_refused(model_path, prefix, field):
     model = StepModel(model_path)
     engine = StreamEngine(model)
     ids, values = readings(3, 20)
     run(engine, ids, values, 0, 20)
     state = snapshot.capture("r", engine.store, model.sha256)
-    state.arrays = {k: v for k, v in state.arrays.items() if not k.startswith("env.")}
+    state.arrays = {k: v for k, v in state.arrays.items() if not k.startswith(prefix)}
     (old,) = snapshot.decode(snapshot.encode([state]))
-    with pytest.raises(SnapshotError, match=r"env\.high"):
-        snapshot.restore(old, StreamEngine(model).store)
-
-
-def test_snapshot_without_the_time_of_day_profile_is_refused(model_path, tmp_path):
-    """Version 2's layout (before the seasonal profile): restoring it would lose the profiles."""
-    model = StepModel(model_path)
-    engine = StreamEngine(model)
-    ids, values = readings(3, 20)
-    run(engine, ids, values, 0, 20)
-    state = snapshot.capture("r", engine.store, model.sha256)
-    state.arrays = {k: v for k, v in state.arrays.items() if not k.startswith("seas.")}
-    (old,) = snapshot.decode(snapshot.encode([state]))
-    with pytest.raises(SnapshotError, match=r"seas\.table"):
+    with pytest.raises(SnapshotError, match=field):
         snapshot.restore(old, StreamEngine(model).store)
 
 

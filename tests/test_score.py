@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError
-from streamer.normalize import Normalizer
+from streamer.normalize import Normalizer, Scale
 from streamer.score import CalibrationConfig, Calibrator, Envelope, Seasonal, explained, surprise
 
 
@@ -27,7 +27,8 @@ def envelope_step(env, x, mean=0.0, std=1.0, count=100, warmup=64):
     """One reading of one single-channel stream (row 0) through `env`; its novelty."""
     rows = np.zeros(1, np.int64)
     as_col = lambda v: np.array([[v]], np.float64)  # noqa: E731
-    return env.step(rows, as_col(x), as_col(mean), as_col(std), np.array([count]), warmup)[0]
+    scale = Scale(np.array([count]), as_col(mean), as_col(std) ** 2, as_col(std))
+    return env.step(rows, as_col(x), scale, warmup)[0]
 
 
 def test_novelty_is_the_distance_beyond_the_range_seen_in_standard_deviations():
@@ -97,17 +98,9 @@ def seasonal_run(values, ts, config=None):
     for x, t in zip(values, ts, strict=True):
         x = np.array([[x]])
         scale = norm.scale(rows)
-        step = (
-            rows,
-            x,
-            np.array([t]),
-            np.array([t - last]),
-            scale.mean,
-            scale.std,
-            scale.count,
-            64,
+        gates.append(
+            seasonal.step(rows, x, np.array([t]), np.array([t - last]), scale, 64)[2][0, 0]
         )
-        gates.append(seasonal.step(*step)[2][0, 0])
         norm.step(rows, x, scale)
         last = t
     return seasonal, norm, np.array(gates)
@@ -135,9 +128,7 @@ def test_the_profile_learns_the_time_of_day_and_its_gate_opens_on_a_daily_stream
         for name in Seasonal.FIELDS:
             getattr(probe, name)[:] = getattr(seasonal, name)
         t = np.array([ts[-1] + 300.0 + hour * 3600.0 - np.mod(ts[-1] + 300.0, DAY)])
-        r, var, _ = probe.step(
-            rows, np.array([[25.0]]), t, np.array([300.0]), scale.mean, scale.std, scale.count, 64
-        )
+        r, var, _ = probe.step(rows, np.array([[25.0]]), t, np.array([300.0]), scale, 64)
         return float(r[0, 0] / np.sqrt(var[0, 0]))
 
     # in standard deviations of the profile's residuals: typical at noon, far out at midnight
