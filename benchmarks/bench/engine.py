@@ -28,6 +28,7 @@ import numpy as np
 
 from streamer.engine import EngineSettings, StreamEngine
 from streamer.model import ModelInfo, StepModel
+from streamer.score import CalibrationConfig
 
 T0 = 1_700_000_000.0
 
@@ -78,8 +79,10 @@ def cpu_rate(step: Callable[[], int], slice_s: float) -> float:
 class EngineDriver:
     """Waves of the same B streams, one reading each, 1 s apart: a fleet reporting in step."""
 
-    def __init__(self, model: StepModel, batch: int) -> None:
-        self.engine = StreamEngine(model, EngineSettings(capacity=batch))
+    def __init__(self, model: StepModel, batch: int, calibration: str = "") -> None:
+        self.engine = StreamEngine(
+            model, EngineSettings(capacity=batch), CalibrationConfig().with_overrides(calibration)
+        )
         self.ids = [f"plant{i % 7}/line{i % 13:02d}/sensor-{i:07d}" for i in range(batch)]
         rng = np.random.default_rng(batch)
         phase = rng.uniform(0, 6.3, batch)
@@ -137,8 +140,13 @@ def measure(
     batches: Sequence[int] = (1, 64, 1024, 8192),
     slice_s: float = 0.2,
     rounds: int = 5,
+    calibration: str = "",
 ) -> list[EngineRow]:
-    """One row per (hidden, batch): medians over `rounds` alternating slices."""
+    """One row per (hidden, batch): medians over `rounds` alternating slices.
+
+    `calibration` (JSON, as the daemon's `engine.calibration`) measures the engine with
+    scoring terms changed, e.g. '{"seasonal_harmonics": 0}' without the time-of-day profile.
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -150,7 +158,10 @@ def measure(
             naive = NaiveDriver(module)
             naive_rate = float(np.median([cpu_rate(naive, slice_s) for _ in range(rounds)]))
             for batch in batches:
-                engine, session = EngineDriver(model, batch), SessionDriver(model, batch)
+                engine, session = (
+                    EngineDriver(model, batch, calibration),
+                    SessionDriver(model, batch),
+                )
                 for warm in (engine, session):
                     warm()
                 pairs = [

@@ -42,6 +42,7 @@ class Plan:
     batches: tuple[int, ...] = (1, 64, 1024, 8192)
     slice_s: float = 0.2
     rounds: int = 5
+    calibration: str = ""  # engine part: JSON over the score calibration, as engine.calibration
     memory_streams: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     startup_runs: int = 5
 
@@ -258,7 +259,9 @@ def run(
         }
     if "engine" in parts:
         log("engine alone")
-        rows = engine.measure(plan.hidden_sizes, plan.batches, plan.slice_s, plan.rounds)
+        rows = engine.measure(
+            plan.hidden_sizes, plan.batches, plan.slice_s, plan.rounds, plan.calibration
+        )
         results["engine"] = [r.to_dict() for r in rows]
     if "memory" in parts:
         log("memory")
