@@ -58,6 +58,10 @@ class Scale:
     var: np.ndarray
     std: np.ndarray  # floored: what z-scores divide by
 
+    def take(self, idx: np.ndarray) -> Scale:
+        """The statistics of some of the wave's streams (`idx` into the wave)."""
+        return Scale(self.count[idx], self.mean[idx], self.var[idx], self.std[idx])
+
 
 class Normalizer:
     """Per-stream online mean/variance over `channels` values (rows of a preallocated table)."""

@@ -366,14 +366,28 @@ class Envelope:
         (count < `warmup`): every early value is new.
         """
         mean, std, count = scale.mean, scale.std, scale.count
-        first = (count == 0)[:, None]
-        high = np.where(first, x, np.maximum(mean + self._decay * (self.high[rows] - mean), mean))
-        low = np.where(first, x, np.minimum(mean + self._decay * (self.low[rows] - mean), mean))
-        beyond = (np.maximum(x - high, 0.0) + np.maximum(low - x, 0.0)) / std
-        novelty = np.minimum(beyond, self.CLIP).sum(axis=1)
-        self.high[rows] = np.maximum(high, x)
-        self.low[rows] = np.minimum(low, x)
-        return np.where(count >= warmup, novelty, 0.0)
+        high = self._relax(self.high.take(rows, axis=0), mean, np.maximum)
+        low = self._relax(self.low.take(rows, axis=0), mean, np.minimum)
+        if not count.all():  # a stream's first reading starts its envelope
+            first = (count == 0)[:, None]
+            high = np.where(first, x, high)
+            low = np.where(first, x, low)
+        # The envelope holds the mean, so a reading lies beyond one side of it at most.
+        beyond = np.maximum(np.maximum(x - high, low - x), 0.0)
+        beyond /= std
+        np.minimum(beyond, self.CLIP, out=beyond)
+        novelty = beyond[:, 0] if beyond.shape[1] == 1 else beyond.sum(axis=1)
+        self.high[rows] = np.maximum(high, x, out=high)
+        self.low[rows] = np.minimum(low, x, out=low)
+        warm = count >= warmup
+        return novelty if warm.all() else np.where(warm, novelty, 0.0)
+
+    def _relax(self, edge: np.ndarray, mean: np.ndarray, outward) -> np.ndarray:
+        """`edge` moved towards `mean` by one reading's decay, never past it (in place)."""
+        edge -= mean
+        edge *= self._decay
+        edge += mean
+        return outward(edge, mean, out=edge)
 
 
 class Seasonal:
@@ -401,6 +415,7 @@ class Seasonal:
     FIELDS = ("table",)
     DAY = 86_400.0
     MAX_STEP = 3_600.0  # seconds one reading may stand for: a reading after a gap is one reading
+    MIN_STEP = 60.0  # seconds: a stream learns from its first reading in each minute only
     CLIP = 4.0  # residuals are clipped at this many local-level standard deviations
     VAR_FLOOR = 1e-12  # normalised units
     ZS2_CLIP = 400.0  # 0.5 zs**2 beyond 20 standard deviations has long saturated
@@ -444,20 +459,82 @@ class Seasonal:
         dt: np.ndarray,
         scale: Scale,
         warmup: int,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(residual, its variance, gate), each [B, C], of readings `x` [B, C] at times `ts` [B]
         under each stream's profile before them (residual and variance in the normaliser's
-        standard deviations); then learn them.
+        standard deviations), or None when no stream of the wave has its gate open; then
+        learn them.
 
         `dt` [B] is the time since the stream's previous reading (NaN: none); `scale` is the
-        normaliser's statistics before this reading. This runs once per wave on every
-        stream, so the steady state (every stream past warm-up, with evidence) skips the
-        masks.
+        normaliser's statistics before this reading. A profile of the day has nothing to
+        learn from more than one reading a minute, so a stream learns only from its first
+        reading in each minute of the clock (`MIN_STEP`), weighted as standing for a
+        minute: a fast stream then costs almost nothing per reading and still learns in
+        float32. The work is done only for the streams of the wave that learn or whose
+        gate is open; on a stream read once a minute or slower that is every reading.
         """
+        table = self.table.take(rows, axis=0)
+        ready = scale.count >= warmup
+        gate = self._gate(table, ready)
+        due = np.floor(ts / self.MIN_STEP) != np.floor((ts - dt) / self.MIN_STEP)  # NaN: due
+        opened = gate.any(axis=1)
+        work = due | opened
+        if not work.any():
+            return None
+        if work.all():
+            return self._advance(rows, table, x, ts, dt, due, scale, ready, gate, opened.any())
+        idx = np.flatnonzero(work)
+        part = self._advance(
+            rows[idx],
+            table[idx],
+            x[idx],
+            ts[idx],
+            dt[idx],
+            due[idx],
+            scale.take(idx),
+            ready[idx],
+            gate[idx],
+            opened.any(),
+        )
+        if part is None:
+            return None
+        whole = np.zeros_like(x), np.ones_like(x), np.zeros_like(x)
+        for out, value in zip(whole, part, strict=True):
+            out[idx] = value
+        return whole
+
+    def _gate(self, table: np.ndarray, ready: np.ndarray) -> np.ndarray:
+        """[B, C] in [0, 1]: how far each channel's profile is trusted, from its evidence."""
         cfg = self.config
-        mean, std, count = scale.mean, scale.std, scale.count
         p = self._terms
-        table = self.table.take(rows, axis=0).astype(np.float64)
+        resid_var, base_var = (table[..., p].astype(np.float64), table[..., p + 1])
+        if ready.all() and (base_var > 0).all():
+            share = 1.0 - resid_var / base_var
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = 1.0 - resid_var / base_var
+            share = np.where(ready[:, None] & (base_var > 0), share, 0.0)
+        return np.minimum(np.maximum((share - cfg.seasonal_on) * self._gate_scale, 0.0), 1.0)
+
+    def _advance(
+        self,
+        rows: np.ndarray,
+        table: np.ndarray,
+        x: np.ndarray,
+        ts: np.ndarray,
+        dt: np.ndarray,
+        due: np.ndarray,
+        scale: Scale,
+        ready: np.ndarray,
+        gate: np.ndarray,
+        wanted: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """`step` for the streams that have work: the result (when `wanted`), then learning
+        for those `due`. The steady state (every stream past warm-up, with evidence) skips
+        the masks."""
+        mean, std = scale.mean, scale.std
+        p = self._terms
+        table = table.astype(np.float64)
         coef, resid_var, base_var, level = (
             table[..., :p],
             table[..., p],
@@ -474,26 +551,18 @@ class Seasonal:
         offset = x - mean
         miss = offset - np.matmul(coef, basis[:, :, None])[..., 0]
         base_miss = offset - level
-        ready = count >= warmup
-        steady = bool(ready.all()) and bool((base_var > 0).all())
-        if steady:
-            share = 1.0 - resid_var / base_var
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                share = 1.0 - resid_var / base_var
-            share = np.where(ready[:, None] & (base_var > 0), share, 0.0)
-        gate = np.minimum(np.maximum((share - cfg.seasonal_on) * self._gate_scale, 0.0), 1.0)
-        result = miss / std, resid_var / (std * std), gate
+        result = (miss / std, resid_var / (std * std), gate) if wanted else None
 
         # Learn. The first reading past warm-up starts both variances at the same value.
-        if steady:  # every stream has had a reading before: dt is finite
-            step = np.minimum(dt, self.MAX_STEP)
-        else:
-            first = ready[:, None] & (base_var == 0)
+        steady = bool(ready.all()) and bool((base_var > 0).all())
+        # NaN (a stream's first reading) stands for no time: it only starts the level.
+        step = np.nan_to_num(np.minimum(np.maximum(dt, self.MIN_STEP), self.MAX_STEP))
+        step[~due] = 0.0
+        if not steady:
+            first = due[:, None] & ready[:, None] & (base_var == 0)
             square = offset * offset
             resid_var = np.where(first, square, resid_var)
             base_var = np.where(first, square, base_var)
-            step = np.minimum(np.nan_to_num(dt, nan=0.0), self.MAX_STEP)
         rates = -np.expm1(np.multiply.outer(step, self._neg_rates))
         if not steady:
             rates[~ready, 0] = 0.0  # the profile and its evidence wait for the normaliser
@@ -506,8 +575,9 @@ class Seasonal:
         new[..., p] = resid_var + rate * (miss * miss - resid_var)
         new[..., p + 1] = base_var + rate * (base_miss * base_miss - base_var)
         new_level = level + base_rate * base_miss
-        if not steady:
-            new_level = np.where(ready[:, None] & ~first, new_level, offset)
+        if not steady:  # while the normaliser warms up the level follows the offset
+            warming = due[:, None] & ~(ready[:, None] & ~first)
+            new_level = np.where(warming, offset, new_level)
         new[..., p + 2] = new_level
         self.table[rows] = new
         return result

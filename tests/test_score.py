@@ -98,9 +98,8 @@ def seasonal_run(values, ts, config=None):
     for x, t in zip(values, ts, strict=True):
         x = np.array([[x]])
         scale = norm.scale(rows)
-        gates.append(
-            seasonal.step(rows, x, np.array([t]), np.array([t - last]), scale, 64)[2][0, 0]
-        )
+        out = seasonal.step(rows, x, np.array([t]), np.array([t - last]), scale, 64)
+        gates.append(0.0 if out is None else out[2][0, 0])  # None: no gate open
         norm.step(rows, x, scale)
         last = t
     return seasonal, norm, np.array(gates)
