@@ -1,7 +1,8 @@
 """From a stream of readings to waves: each stream at most once per wave, arrival order kept.
 
-The MQTT thread appends to a bounded inbox and returns at once; the engine thread
-drains it into one FIFO per stream and takes the head of every FIFO as a wave.
+The MQTT thread appends a message's runs (one stream's readings each, in order) to a
+bounded inbox and returns at once; the engine thread drains it into one FIFO of runs
+per stream and takes the next reading of every FIFO as a wave.
 One model call per wave is what makes inference cheap (a batch of 256 costs about
 as much as 8 single steps), and a stream's readings must be stepped in order, so a
 stream with several readings waiting (a SenML pack, a burst) contributes one per
@@ -13,12 +14,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 
 @dataclass(slots=True)
 class Ack:
-    """The broker's delivery of one QoS 1 message: acknowledged once every reading in it is taken."""
+    """The broker's delivery of one QoS 1 message: acknowledged once each of its runs is stepped."""
 
     mid: int
     qos: int
@@ -27,34 +29,63 @@ class Ack:
 
 @dataclass(slots=True)
 class Item:
+    """A run of one stream's readings from one message, oldest first: one of them per wave."""
+
     route: int
     stream: str
-    ts: float
-    values: tuple[float, ...]
+    ts: list[float]
+    values: list[tuple[float, ...]]
     ack: Ack | None = None
+    taken: int = 0  # readings already in a wave
+
+
+@dataclass(slots=True)
+class Wave:
+    """The readings of one wave, a list per field, and the runs it finished (their acks are due)."""
+
+    items: list[Item] = field(default_factory=list)  # each reading's run: its route and stream
+    ts: list[float] = field(default_factory=list)
+    values: list[tuple[float, ...]] = field(default_factory=list)
+    finished: list[Item] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, item: Item, ts: float, values: tuple[float, ...]) -> None:
+        self.items.append(item)
+        self.ts.append(ts)
+        self.values.append(values)
 
 
 @dataclass
 class Batcher:
-    """Bounded inbox (any thread) feeding waves (one engine thread)."""
+    """Bounded inbox (any thread) feeding waves (one engine thread).
+
+    Depth is counted in readings, by two counters that only ever grow, each written by
+    one thread (readings offered: the MQTT thread; taken into waves: the engine
+    thread), so no count is ever lost to a race.
+    """
 
     max_size: int = 4096
     max_delay_s: float = 0.005
     capacity: int = 200_000
     inbox: deque[Item] = field(default_factory=deque)
     _pending: dict[tuple[int, str], deque[Item]] = field(default_factory=dict)
-    _queued: int = 0
+    _offered: int = 0
+    _taken: int = 0
     _due: float = 0.0
 
     def depth(self) -> int:
         """Readings waiting, inbox and per-stream FIFOs together."""
-        return len(self.inbox) + self._queued
+        return self._offered - self._taken
 
     def offer(self, items: list[Item]) -> bool:
         """Queue all of a message's readings, or none of them when the queue is full."""
-        if len(self.inbox) + self._queued + len(items) > self.capacity:
+        n = sum([len(item.ts) for item in items])
+        if self._offered - self._taken + n > self.capacity:
             return False
         self.inbox.extend(items)
+        self._offered += n
         return True
 
     def put(self, items: list[Item], stop: Any = None, poll_s: float = 0.001) -> bool:
@@ -80,29 +111,39 @@ class Batcher:
                 pending[key] = deque((item,))
             else:
                 fifo.append(item)
-            self._queued += 1
 
-    def next_wave(self, now: float | None = None, flush: bool = False) -> list[Item]:
-        """The next wave if one is due, else []: due when `max_size` streams wait or `max_delay_s` passed.
+    def next_wave(self, now: float | None = None, flush: bool = False) -> Wave:
+        """The next wave if one is due, else an empty one: due when `max_size` streams wait or
+        `max_delay_s` passed.
 
         `flush` takes whatever waits, without waiting (shutdown, replay).
         """
         now = time.monotonic() if now is None else now
         was_idle = not self._pending
         self._drain()
+        wave = Wave()
         if not self._pending:
-            return []
+            return wave
         if was_idle and not flush:
             self._due = now + self.max_delay_s
         if not flush and len(self._pending) < self.max_size and now < self._due:
-            return []
-        wave = []
+            return wave
         pending = self._pending
-        for key in list(pending)[: self.max_size]:
+        # The loop runs once per reading: its appends are bound once, not looked up each time.
+        add_item, add_ts, add_values = wave.items.append, wave.ts.append, wave.values.append
+        for key in list(islice(pending, self.max_size)):
             fifo = pending.pop(key)
-            wave.append(fifo.popleft())
+            item = fifo[0]
+            i = item.taken
+            add_item(item)
+            add_ts(item.ts[i])
+            add_values(item.values[i])
+            item.taken = i = i + 1
+            if i == len(item.ts):
+                fifo.popleft()
+                wave.finished.append(item)
             if fifo:
                 pending[key] = fifo  # to the back of the line: no stream starves another
-        self._queued -= len(wave)
+        self._taken += len(wave)
         self._due = now  # a backlog is due at once
         return wave

@@ -136,7 +136,7 @@ class Ingest:
         self.client.loop_stop()
 
     def ack(self, ack: Ack) -> None:
-        """One reading of a QoS 1 message taken; the message is acknowledged with its last.
+        """One run of a QoS 1 message stepped; the message is acknowledged with its last.
 
         Called on the engine thread only: `left -= 1` is not atomic, so the network
         thread never counts down (a lost count would leave a message unacknowledged).
@@ -150,7 +150,7 @@ class Ingest:
         if not items:
             self.client.ack(ack.mid, ack.qos)
             return
-        ack.left = len(items)  # set before the engine thread can see any of them
+        ack.left = len(items)  # runs; set before the engine thread can see any of them
         self.batcher.put(items, self.stopping)  # False when stopping: unacknowledged, redelivered
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -194,7 +194,7 @@ class Ingest:
         ack = Ack(msg.mid, msg.qos, 0) if self.manual_ack and msg.qos > 0 else None
         try:
             topic = msg.topic
-            readings = route.parser.parse(topic, msg.payload, arrival)
+            runs = route.parser.parse(topic, msg.payload, arrival)
         except (BadInput, UnicodeDecodeError) as e:
             reason = e.reason if isinstance(e, BadInput) else "bad_topic"
             self.errors[(route.name, reason)] += 1
@@ -204,13 +204,15 @@ class Ingest:
             if ack:
                 self.client.ack(ack.mid, ack.qos)
             return
+        # A run's readings all have its parser's width, so checking the first checks them all.
         items = [
             Item(route.index, r.stream, r.ts, r.values, ack)
-            for r in readings
-            if len(r.values) == route.channels
+            for r in runs
+            if len(r.values[0]) == route.channels
         ]
-        if len(items) < len(readings):
-            self.dropped[(route.name, "wrong_channels")] += len(readings) - len(items)
+        if len(items) < len(runs):
+            wrong = sum([len(r.ts) for r in runs if len(r.values[0]) != route.channels])
+            self.dropped[(route.name, "wrong_channels")] += wrong
             self._throttle.warning(
                 f"{route.name}/channels",
                 "route %s: readings without %d values dropped",
@@ -220,5 +222,5 @@ class Ingest:
         if ack is not None:
             self._hand_over(items, ack)
         elif not self.batcher.offer(items):
-            self.dropped[(route.name, "queue_full")] += len(items)
+            self.dropped[(route.name, "queue_full")] += sum([len(item.ts) for item in items])
             self._throttle.warning("queue_full", "queue full: dropping QoS 0 readings")

@@ -4,7 +4,7 @@ Every message the broker delivers passes through `Parser.parse`, so two rules sh
 module. It is cheap: JSON goes through orjson, the topic through one precompiled regex,
 and everything that depends only on configuration is decided once in `Parser.__init__`.
 It is total: whatever the bytes and whatever the topic, the result is a list of
-`Reading`s or a `BadInput` whose `reason` is a metric label; nothing else escapes, so
+`Run`s or a `BadInput` whose `reason` is a metric label; nothing else escapes, so
 one malformed device cannot stop the daemon.
 
 Payload forms (`PayloadSpec.format`, "auto" sniffs the first non-space byte):
@@ -17,6 +17,8 @@ Payload forms (`PayloadSpec.format`, "auto" sniffs the first non-space byte):
                                              its length equals len(value_fields) > 1
     senml   [{"bn": "dev/", "n": "t", ...}]  RFC 8428 pack: one reading per numeric record
 
+A message's readings come out as one `Run` per stream, their order kept: a pack of a hundred
+readings is a few lists, not a hundred objects, on the way to the engine.
 Every reading carries exactly `len(value_fields)` values, so the single-value forms
 (bare numbers and SenML) need a single value field. Non-finite numbers (NaN,
 Infinity, 1e999) are kept in `values`: the engine counts them, the parser does not.
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import orjson
 
 from .errors import BadInput, ConfigError
@@ -56,16 +59,18 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _SENML_KEYS = frozenset(
     {"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"}
 )
+_NUMBERS = frozenset({float, int})  # JSON numbers (a bool is neither)
+_FLOAT = {float}
 _SENML_BASE_OR_VALUE = frozenset({"bn", "bt", "bv", "n", "v", "vs", "vb", "vd"})
 
 
 @dataclass(slots=True)
-class Reading:
-    """One sensor reading as the engine consumes it."""
+class Run:
+    """One stream's readings from one message, oldest first: columns, not an object per reading."""
 
     stream: str
-    ts: float  # epoch seconds; the arrival time when the payload carries none
-    values: tuple[float, ...]  # one per channel, possibly non-finite
+    ts: list[float]  # epoch seconds; the arrival time when the payload carries none
+    values: list[tuple[float, ...]]  # per reading, one per channel, possibly non-finite
 
 
 def _clip(text: object, limit: int = 80) -> str:
@@ -349,7 +354,7 @@ def _check_senml_record(record: object) -> None:
 
 
 class Parser:
-    """Turns one MQTT message into readings for the engine, or raises BadInput.
+    """Turns one MQTT message into runs of readings for the engine, or raises BadInput.
 
     JSON arrays: an array of objects gives one reading per object, each with its own
     timestamp. An array of numbers is one multivariate reading (at arrival time) only
@@ -370,7 +375,7 @@ class Parser:
         self._time_field = spec.time_field
         self._read_time = _TIME_READERS[spec.time_unit]
         self._senml_markers = _SENML_BASE_OR_VALUE - {*spec.value_fields, spec.time_field}
-        self._body: Callable[[str, bytes, float], list[Reading]] = {
+        self._body: Callable[[str, bytes, float], list[Run]] = {
             "auto": self._auto,
             "number": self._number_body,
             "json": self._object_body,
@@ -378,14 +383,14 @@ class Parser:
             "senml": self._senml_body,
         }[spec.format]
 
-    def parse(self, topic: str, payload: bytes, arrival: float) -> list[Reading]:
+    def parse(self, topic: str, payload: bytes, arrival: float) -> list[Run]:
         """Readings in `payload` for the stream named by `topic`; `arrival` is trusted epoch seconds."""
         stream = self.template.stream_of(topic)
         if len(payload) > self.spec.max_bytes:
             raise BadInput("oversized", f"{len(payload)} bytes > max_bytes {self.spec.max_bytes}")
         return self._body(stream, payload, arrival)
 
-    def _auto(self, stream: str, payload: bytes, arrival: float) -> list[Reading]:
+    def _auto(self, stream: str, payload: bytes, arrival: float) -> list[Run]:
         head = payload[:1]
         if head.isspace():
             head = payload.lstrip()[:1]
@@ -395,7 +400,7 @@ class Parser:
                 if self._width != 1:
                     raise BadInput("wrong_type", f"a SenML pack, but {self._width} value fields")
                 return self._senml(stream, items, arrival)
-            return self._array(stream, items, arrival)
+            return [self._array(stream, items, arrival)]
         if head == b"{":
             return self._object_body(stream, payload, arrival)
         return self._number_body(stream, payload, arrival)
@@ -408,22 +413,24 @@ class Parser:
             and not self._senml_markers.isdisjoint(items[0])
         )
 
-    def _number_body(self, stream: str, payload: bytes, arrival: float) -> list[Reading]:
+    def _number_body(self, stream: str, payload: bytes, arrival: float) -> list[Run]:
         value = _bare_number(payload)
         if self._width != 1:
             raise BadInput("wrong_type", f"a bare number, but {self._width} value fields")
-        return [Reading(stream, arrival, (value,))]
+        return [Run(stream, [arrival], [(value,)])]
 
-    def _object_body(self, stream: str, payload: bytes, arrival: float) -> list[Reading]:
-        return [self._object(stream, _load_json(payload), arrival)]
+    def _object_body(self, stream: str, payload: bytes, arrival: float) -> list[Run]:
+        ts, values = self._object(_load_json(payload), arrival)
+        return [Run(stream, [ts], [values])]
 
-    def _array_body(self, stream: str, payload: bytes, arrival: float) -> list[Reading]:
-        return self._array(stream, _load_json(payload), arrival)
+    def _array_body(self, stream: str, payload: bytes, arrival: float) -> list[Run]:
+        return [self._array(stream, _load_json(payload), arrival)]
 
-    def _senml_body(self, stream: str, payload: bytes, arrival: float) -> list[Reading]:
+    def _senml_body(self, stream: str, payload: bytes, arrival: float) -> list[Run]:
         return self._senml(stream, _load_json(payload), arrival)
 
-    def _object(self, stream: str, obj: object, arrival: float) -> Reading:
+    def _object(self, obj: object, arrival: float) -> tuple[float, tuple[float, ...]]:
+        """(timestamp, values) of one reading's object."""
         if type(obj) is not dict:
             raise BadInput("wrong_type", f"expected a JSON object, got {type(obj).__name__}")
         try:
@@ -435,22 +442,60 @@ class Parser:
         except KeyError as e:
             raise BadInput("missing_field", f"no {e.args[0]!r} in the object") from None
         if self._time_field in obj:
-            return Reading(stream, self._read_time(obj[self._time_field]), values)
-        return Reading(stream, arrival, values)
+            return self._read_time(obj[self._time_field]), values
+        return arrival, values
 
-    def _array(self, stream: str, items: object, arrival: float) -> list[Reading]:
+    def _array(self, stream: str, items: object, arrival: float) -> Run:
         if type(items) is not list:
             raise BadInput("wrong_type", f"expected a JSON array, got {type(items).__name__}")
         self._check_count(items)
         if type(items[0]) is dict:
-            return [self._object(stream, item, arrival) for item in items]
+            columns = self._columns(items)
+            if columns is not None:
+                return Run(stream, *columns)
+            ts, values = zip(*[self._object(item, arrival) for item in items], strict=True)
+            return Run(stream, list(ts), list(values))
         if self._width > 1 and len(items) == self._width:
-            return [Reading(stream, arrival, tuple([_number(v, "array item") for v in items]))]
+            return Run(stream, [arrival], [tuple([_number(v, "array item") for v in items])])
         raise BadInput(
             "wrong_type",
             f"an array of {len(items)} non-objects; only arrays of objects or of exactly "
             f"{self._width} numbers (when several value fields) are readings",
         )
+
+    def _columns(self, items: list) -> tuple[list[float], list[tuple[float, ...]]] | None:
+        """An array of objects read a field at a time: what `_object` gives for each, or None.
+
+        None (then each object is read on its own, and errors are named) for anything but
+        objects whose values and timestamps are all JSON numbers (timestamps in seconds or
+        milliseconds, in range). This is the shape a device batching its readings sends,
+        and reading it by columns (C-level passes over the array) instead of by objects
+        is what lets a pack of readings cost a fraction of as many single messages.
+        """
+        unit = self.spec.time_unit
+        if unit == "iso":
+            return None
+        try:
+            times = [item[self._time_field] for item in items]
+            columns = [[item[f] for item in items] for f in self._fields]
+            if not _NUMBERS.issuperset(map(type, times)):
+                return None
+            for i, column in enumerate(columns):
+                kinds = set(map(type, column))
+                if kinds != _FLOAT:
+                    if not _NUMBERS.issuperset(kinds):
+                        return None
+                    columns[i] = list(map(float, column))
+            ts = np.array(times, np.float64)
+        except (KeyError, TypeError, OverflowError):  # a non-object, a field missing, a huge int
+            return None
+        if unit == "ms":
+            ts /= 1000.0
+        elif unit == "auto":
+            ts = np.where(ts > MS_ABOVE, ts / 1000.0, ts)
+        if not ((ts >= MIN_TS) & (ts <= MAX_TS)).all():  # also false for NaN
+            return None
+        return ts.tolist(), list(zip(*columns, strict=True))
 
     def _check_count(self, items: list) -> None:
         if not items:
@@ -460,18 +505,18 @@ class Parser:
                 "too_many_readings", f"{len(items)} > max_readings {self.spec.max_readings}"
             )
 
-    def _senml(self, stream: str, pack: object, arrival: float) -> list[Reading]:
+    def _senml(self, stream: str, pack: object, arrival: float) -> list[Run]:
         """RFC 8428 resolution: base name/time/value carry forward to the records after them.
 
         Records without "v" (string, boolean and data values) are skipped, since the model
-        only reads numbers, but a pack must yield at least one reading.
+        only reads numbers, but a pack must yield at least one reading. One run per name,
+        in the order of their first records.
         """
         if type(pack) is not list:
             raise BadInput("bad_senml", f"a pack is an array, not {type(pack).__name__}")
         self._check_count(pack)
         base_name, base_time, base_value = "", 0.0, 0.0
-        streams: dict[str, str] = {}
-        out: list[Reading] = []
+        runs: dict[str, Run] = {}
         for record in pack:
             _check_senml_record(record)
             if "bn" in record:
@@ -485,10 +530,14 @@ class Parser:
             name = base_name + _senml_text(record, "n") if "n" in record else base_name
             t = base_time + _senml_number(record, "t") if "t" in record else base_time
             ts = _in_range(arrival + t if t < SENML_RELATIVE_BELOW else t)
-            sid = streams.get(name)
-            if sid is None:
-                sid = streams[name] = check_stream_id(f"{stream}/{name}" if name else stream)
-            out.append(Reading(sid, ts, (base_value + _senml_number(record, "v"),)))
-        if not out:
+            value = base_value + _senml_number(record, "v")
+            run = runs.get(name)
+            if run is None:
+                sid = check_stream_id(f"{stream}/{name}" if name else stream)
+                runs[name] = Run(sid, [ts], [(value,)])
+            else:
+                run.ts.append(ts)
+                run.values.append((value,))
+        if not runs:
             raise BadInput("bad_senml", "no record with a numeric value")
-        return out
+        return list(runs.values())

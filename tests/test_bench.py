@@ -95,13 +95,14 @@ def test_what_the_load_generator_publishes_the_daemon_reads_in_full(
     for j in range(load.messages):
         topic = j % load.topics
         now = T0 + j // load.topics  # a new stamp per round over the topics, as in `publish`
-        readings = parser.parse(
+        runs = parser.parse(
             payloads.topic_names[topic], payloads.encode(j, topic, now), arrival=now
         )
-        assert len(readings) == batch
-        for r in readings:
-            assert r.ts <= now and r.ts > last.get(r.stream, 0.0)  # never ahead, never backwards
-            last[r.stream] = r.ts
+        assert sum(len(r.ts) for r in runs) == batch
+        for r in runs:
+            for ts in r.ts:
+                assert ts <= now and ts > last.get(r.stream, 0.0)  # never ahead, never backwards
+                last[r.stream] = ts
     sensors_per_topic = batch if payload == "senml" else 1
     assert len(last) == min(load.topics, load.messages) * sensors_per_topic
 

@@ -6,6 +6,7 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from typing import NamedTuple
 
 import orjson
 import pytest
@@ -18,9 +19,10 @@ from streamer.parse import (
     MAX_TS,
     MIN_TS,
     SENML_RELATIVE_BELOW,
+    TIME_UNITS,
     Parser,
     PayloadSpec,
-    Reading,
+    Run,
     TopicTemplate,
     check_stream_id,
 )
@@ -48,8 +50,20 @@ def make(pattern: str = "sensors/{device}/{channel}", stream_id: str | None = No
     return Parser(TopicTemplate(pattern, stream_id), PayloadSpec(**spec))
 
 
+class Reading(NamedTuple):
+    """One reading of a parsed message: its runs, flattened."""
+
+    stream: str
+    ts: float
+    values: tuple[float, ...]
+
+
+def readings(runs: list[Run]) -> list[Reading]:
+    return [Reading(r.stream, t, v) for r in runs for t, v in zip(r.ts, r.values, strict=True)]
+
+
 def parse(payload: bytes, topic: str = TOPIC, **spec) -> list[Reading]:
-    return make(**spec).parse(topic, payload, ARRIVAL)
+    return readings(make(**spec).parse(topic, payload, ARRIVAL))
 
 
 def one(payload: bytes, **spec) -> Reading:
@@ -272,9 +286,16 @@ def test_senml_times_below_2_pow_28_are_relative_to_arrival():
     assert times == [ARRIVAL, ARRIVAL + SENML_RELATIVE_BELOW - 1]
 
 
-def test_readings_of_one_senml_name_share_one_stream_id_object():
-    readings = parse(orjson.dumps([{"n": "a", "t": -i, "v": i} for i in range(3)]))
-    assert len({id(r.stream) for r in readings}) == 1
+def test_readings_of_one_senml_name_form_one_run_in_pack_order():
+    pack = [{"n": "a", "t": -i, "v": i} for i in range(3)] + [
+        {"n": "b", "v": 9},
+        {"n": "a", "v": 3},
+    ]
+    runs = make().parse(TOPIC, orjson.dumps(pack), ARRIVAL)
+    assert [(r.stream, [v for (v,) in r.values]) for r in runs] == [
+        (f"{STREAM}/a", [0.0, 1.0, 2.0, 3.0]),
+        (f"{STREAM}/b", [9.0]),
+    ]
 
 
 # -- rejections --------------------------------------------------------------------------
@@ -417,13 +438,14 @@ VALID_ID = st.text(
 )
 def test_any_message_gives_readings_or_bad_input(parser, topic, payload, arrival):
     try:
-        readings = parser.parse(topic, payload, arrival)
+        runs = parser.parse(topic, payload, arrival)
     except BadInput as e:
         assert e.reason in REASONS
         return
-    assert isinstance(readings, list) and readings
-    for r in readings:
-        assert type(r) is Reading
+    assert isinstance(runs, list) and runs
+    assert all(type(run) is Run and len(run.ts) == len(run.values) > 0 for run in runs)
+    for r in readings(runs):
+        assert type(r.ts) is float
         assert check_stream_id(r.stream) == r.stream
         assert r.ts == arrival or MIN_TS <= r.ts <= MAX_TS
         assert len(r.values) in (1, len(parser.spec.value_fields))
@@ -439,9 +461,10 @@ ROUND_TRIP = make("s/{id+}")
 @given(stream=VALID_ID.filter(lambda s: len(s) <= MAX_STREAM_ID), value=FINITE, ts=TS)
 def test_number_and_json_round_trip(stream, value, ts):
     topic = f"s/{stream}"
-    assert ROUND_TRIP.parse(topic, repr(value).encode(), ts) == [Reading(stream, ts, (value,))]
+    expected = [Reading(stream, ts, (value,))]
+    assert readings(ROUND_TRIP.parse(topic, repr(value).encode(), ts)) == expected
     payload = orjson.dumps({"value": value, "ts": ts})
-    assert ROUND_TRIP.parse(topic, payload, ARRIVAL) == [Reading(stream, ts, (value,))]
+    assert readings(ROUND_TRIP.parse(topic, payload, ARRIVAL)) == expected
 
 
 @settings(deadline=None)
@@ -467,7 +490,7 @@ def test_millisecond_and_iso_timestamps_round_trip(ms, seconds):
 def test_senml_round_trip(stream, name, value, ts, offset):
     expected = f"{stream}/{name}" if name else stream
     pack = orjson.dumps([{"bn": name, "bt": ts, "v": value}, {"n": "", "bt": offset, "v": value}])
-    assert ROUND_TRIP.parse(f"s/{stream}", pack, ARRIVAL) == [
+    assert readings(ROUND_TRIP.parse(f"s/{stream}", pack, ARRIVAL)) == [
         Reading(expected, ts, (value,)),
         Reading(expected, ARRIVAL + offset, (value,)),
     ]
@@ -478,3 +501,44 @@ def test_senml_round_trip(stream, name, value, ts, offset):
 def test_arrays_of_n_objects_give_n_readings_in_order(rows):
     payload = orjson.dumps([{"value": v, "ts": t} for v, t in rows])
     assert parse(payload) == [Reading(STREAM, t, (v,)) for v, t in rows]
+
+
+NUMBER_LIKE = (
+    st.floats(allow_nan=False)
+    | st.integers()
+    | st.booleans()
+    | st.none()
+    | st.text(max_size=4)
+    | FINITE.map(repr)
+)
+TIME_LIKE = (
+    TS
+    | st.integers(int(MIN_TS), int(MAX_TS))
+    | st.integers(int(MIN_TS * 1000), int(MAX_TS * 1000))
+    | NUMBER_LIKE
+    | TS.map(lambda t: datetime.fromtimestamp(t, UTC).isoformat())
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    objects=st.lists(
+        st.fixed_dictionaries({"value": NUMBER_LIKE}, optional={"ts": TIME_LIKE}),
+        min_size=1,
+        max_size=12,
+    ),
+    unit=st.sampled_from(TIME_UNITS),
+)
+def test_an_array_of_objects_reads_as_its_objects_one_by_one(objects, unit):
+    """Arrays are read a field at a time when they can be; the result must not show it."""
+    parser = make(time_unit=unit)
+
+    def outcome(value: object) -> list[Reading] | str:
+        try:
+            return readings(parser.parse(TOPIC, json.dumps(value).encode(), ARRIVAL))
+        except BadInput as e:
+            return e.reason
+
+    singles = [outcome(obj) for obj in objects]
+    errors = [r for r in singles if isinstance(r, str)]
+    assert outcome(objects) == (errors[0] if errors else [r for rs in singles for r in rs])
