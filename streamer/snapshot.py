@@ -46,8 +46,7 @@ class RouteState:
 
 def capture(name: str, store: StateStore, model_sha256: str) -> RouteState:
     """Copy the rows in use, least recently seen first (restoring keeps the eviction order)."""
-    ids = list(store.index)
-    rows = np.fromiter(store.index.values(), np.int64, len(ids))
+    ids, rows = store.in_use()
     arrays = {k: v[rows] for k, v in store.arrays().items()}  # fancy indexing copies
     return RouteState(name, model_sha256, store.state_size, store.channels, ids, arrays)
 
