@@ -178,7 +178,6 @@ class StreamEngine:
         n_entered = int(np.count_nonzero(entered))
         if n_entered:
             store.anomalies[rows[entered]] += 1
-        store.updated[rows] = ts
 
         n_scored = int(np.count_nonzero(may_alert))
         self.counts["scored"] += n_scored

@@ -52,7 +52,6 @@ class StateStore:
         ("contrib", "int16", ""),
         ("anomalous", "bool", ""),
         ("anomalies", "int64", ""),
-        ("updated", "float64", ""),
     )
 
     def __init__(
