@@ -152,7 +152,7 @@ class StreamEngine:
         if store.seasonal.enabled:
             seasonal = store.seasonal.step(rows, values, ts, dt, scale, warmup)
         gap = store.gaps.step(rows, dt)
-        raw, score, contrib = self._score(rows, z, prior, novelty, seasonal)
+        raw, score, contrib = self._score(rows, ts, z, prior, novelty, seasonal)
 
         seen = store.seen.take(rows) + 1
         may_alert = prior.has & (seen > self.warmup)
@@ -203,22 +203,28 @@ class StreamEngine:
     def _score(
         self,
         rows: np.ndarray,
+        ts: np.ndarray,
         z: np.ndarray,
         prior: Prior,
         novelty: np.ndarray,
-        seasonal: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        seasonal: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         has = prior.has
         total, contrib = surprise(z, prior.mean, prior.log_var, seasonal)
+        context = None
+        if seasonal is not None and self.calibration.context_weight:
+            evidence = seasonal[3]
+            context = evidence[:, 0] if evidence.shape[1] == 1 else evidence.sum(axis=1)
         calibrator = self.store.calibrator
         if prior.complete:  # the steady state: no masked copies
             raw = total.astype(np.float32, copy=False)
-            score = calibrator.step(rows, total, novelty)
+            score = calibrator.step(rows, total, novelty, context, ts)
         else:
             raw = np.where(has, total, np.nan).astype(np.float32)
             score = np.zeros(len(rows), np.float32)
             if has.any():
-                score[has] = calibrator.step(rows[has], total[has], novelty[has])
+                part = None if context is None else context[has]
+                score[has] = calibrator.step(rows[has], total[has], novelty[has], part, ts[has])
         return raw, score, contrib.astype(np.int16)
 
     def _expect(self, rows: np.ndarray, values: np.ndarray, scale: Scale, prior: Prior) -> None:

@@ -1,7 +1,8 @@
 """State snapshots: every stream's state on disk, so a restart continues where it stopped.
 
-Format (version 3; version 2 lacked the time-of-day profile `seas.*`, version 1 also the
-value envelope `env.*`): the magic `STRMSNAP`, a format version, the sha256 of the body,
+Format (version 4; version 3 lacked the recurring surprises' times `cal.recur` and the
+profile's context columns, version 2 also the time-of-day profile `seas.*`, version 1 also
+the value envelope `env.*`): the magic `STRMSNAP`, a format version, the sha256 of the body,
 then the body, an uncompressed `.npz` (numpy arrays only, loaded with pickle off)
 holding a JSON header (routes, stream ids in least-recently-seen order, state size,
 channels, model sha256) and each route's per-row arrays for the streams in use. Written
@@ -28,7 +29,7 @@ from .errors import SnapshotError
 from .state import StateStore
 
 MAGIC = b"STRMSNAP"
-VERSION = 3
+VERSION = 4
 _HEAD = struct.Struct("<8sI32s")
 
 

@@ -72,6 +72,7 @@ def test_scores_after_a_restart_continue_as_if_there_had_been_none(model_path, t
         (lambda b: b[:8] + (99).to_bytes(4, "little") + b[12:], "version 99"),
         (lambda b: b[:8] + (1).to_bytes(4, "little") + b[12:], "version 1"),
         (lambda b: b[:8] + (2).to_bytes(4, "little") + b[12:], "version 2"),
+        (lambda b: b[:8] + (3).to_bytes(4, "little") + b[12:], "version 3"),
     ],
 )
 def test_damaged_snapshots_are_refused_with_a_reason(model_path, tmp_path, damage, message):
@@ -89,6 +90,7 @@ def test_damaged_snapshots_are_refused_with_a_reason(model_path, tmp_path, damag
     [
         ("env.", r"env\.high"),  # version 1's layout: restoring it would lose the value ranges
         ("seas.", r"seas\.table"),  # version 2's: it would lose the time-of-day profiles
+        ("cal.recur", r"cal\.recur"),  # version 3's: it would forget the recurring surprises
     ],
 )
 def test_snapshot_of_an_older_layout_is_refused(model_path, prefix, field):

@@ -1,5 +1,7 @@
 """Calibration details: onset emphasis (what a repeat of a surprise scores), novelty, the
-time-of-day profile, settings."""
+time-of-day profile and its context evidence, recurring surprises, settings."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -78,6 +80,14 @@ def test_novelty_adds_its_weight_in_nats_to_minus_log_p():
         ("seasonal_baseline_halflife", -1.0),
         ("seasonal_on", 1.0),
         ("seasonal_full", 0.01),
+        ("context_weight", -1.0),
+        ("context_halflife", 0.0),
+        ("context_on", 0.01),  # below seasonal_on: its evidence would come where no gate is open
+        ("context_full", 0.3),
+        ("recurrence_factor", 1.5),
+        ("recurrence_tolerance", 0.0),
+        ("recurrence_days", 0),
+        ("recurrence_slots", 0),
     ],
 )
 def test_calibration_settings_are_checked(field, value):
@@ -127,7 +137,7 @@ def test_the_profile_learns_the_time_of_day_and_its_gate_opens_on_a_daily_stream
         for name in Seasonal.FIELDS:
             getattr(probe, name)[:] = getattr(seasonal, name)
         t = np.array([ts[-1] + 300.0 + hour * 3600.0 - np.mod(ts[-1] + 300.0, DAY)])
-        r, var, _ = probe.step(rows, np.array([[25.0]]), t, np.array([300.0]), scale, 64)
+        r, var, _, _ = probe.step(rows, np.array([[25.0]]), t, np.array([300.0]), scale, 64)
         return float(r[0, 0] / np.sqrt(var[0, 0]))
 
     # in standard deviations of the profile's residuals: typical at noon, far out at midnight
@@ -179,3 +189,92 @@ def test_seasonal_harmonics_0_turns_the_profile_off_and_stores_nothing():
     seasonal = Seasonal(4, 2, CalibrationConfig(seasonal_harmonics=0))
     assert not seasonal.enabled
     assert sum(getattr(seasonal, name).nbytes for name in Seasonal.FIELDS) == 0
+
+
+def context_run(values, ts, config=None):
+    """Like `seasonal_run`; the context evidence at every reading instead of the gate."""
+    seasonal, norm = Seasonal(1, 1, config), Normalizer(1, 1)
+    rows = np.zeros(1, np.int64)
+    evidence, last = [], np.nan
+    for x, t in zip(values, ts, strict=True):
+        x = np.array([[x]])
+        scale = norm.scale(rows)
+        out = seasonal.step(rows, x, np.array([t]), np.array([t - last]), scale, 64)
+        evidence.append(0.0 if out is None else out[3][0, 0])
+        norm.step(rows, x, scale)
+        last = t
+    return np.array(evidence)
+
+
+def skipped_rise(amplitude: float, noise: float, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """11 days every 5 minutes of 20 + `amplitude` cos(time of day) (peak at noon) plus noise;
+    on the last day the values stay at the trough from 06:00 to 18:00: each one in the range
+    of the stream, wrong only for its time of day."""
+    ts = MIDNIGHT + 300.0 * np.arange(288 * 11)
+    hours = np.mod(ts, DAY) / 3600.0
+    rng = np.random.default_rng(seed)
+    values = 20 + amplitude * np.cos(2 * np.pi * (hours - 12) / 24)
+    values += noise * rng.standard_normal(len(ts))
+    skipped = (ts >= MIDNIGHT + 10 * DAY + 6 * 3600) & (ts < MIDNIGHT + 10 * DAY + 18 * 3600)
+    trough = 20 - amplitude + noise * rng.standard_normal(len(ts))
+    return np.where(skipped, trough, values), ts
+
+
+def test_context_fires_when_a_daily_stream_skips_its_rise_and_is_quiet_on_normal_days():
+    values, ts = skipped_rise(5.0, 0.5)
+    evidence = context_run(values, ts)
+    assert evidence[: 288 * 10].max() == 0.0
+    # well beyond context_level: at context_weight 16 more than 16 nats on -log p
+    assert evidence[288 * 10 :].max() > 1.0
+    off = context_run(values, ts, CalibrationConfig(context_weight=0.0))
+    assert off.max() == 0.0
+    assert Seasonal(1, 1, CalibrationConfig(context_weight=0.0)).table.shape[2] == 7 + 3
+
+
+def test_context_stays_quiet_where_the_profile_explains_too_little():
+    """A quarter of the variance daily: the seasonal gate is open, the stricter context gate is
+    not, so even the skipped rise (which a gate as loose as the seasonal one would report)
+    adds nothing: on a noisy stream sustained departures from the profile are routine."""
+    values, ts = skipped_rise(1.0, 1.0)
+    _, _, gates = seasonal_run(values, ts)
+    assert gates[288 * 10 - 1] == 1.0
+    assert context_run(values, ts).max() == 0.0
+    loose = CalibrationConfig(context_on=0.05, context_full=0.15)
+    assert context_run(values, ts, loose)[288 * 10 :].max() > 0.0
+
+
+def recurring_scores(config: CalibrationConfig, spike_times: list[float]) -> list[float]:
+    """-log p of a spike (raw 20: about 11 nats, below float32's saturation) at each of `spike_times` on one stream whose raw scores are
+    otherwise chi-squared(1) capped at 8, one every 5 minutes from MIDNIGHT."""
+    cal = Calibrator(1, config)
+    rows = np.zeros(1, np.int64)
+    noise = np.minimum(np.random.default_rng(4).standard_normal(288 * 5) ** 2, 8.0)
+    out = []
+    for k, x in enumerate(noise):
+        t = MIDNIGHT + 300.0 * k
+        spike = any(abs(t - s) < 150.0 for s in spike_times)
+        score = cal.step(rows, np.array([20.0 if spike else x]), ts=np.array([t]))[0]
+        if spike:
+            out.append(-np.log1p(-float(score)))
+    return out
+
+
+def test_a_surprise_at_the_time_of_day_of_yesterdays_is_damped_a_new_time_is_not():
+    noon = MIDNIGHT + 12 * 3600.0
+    times = [noon + DAY, noon + 2 * DAY, noon + 3 * DAY + 6 * 3600.0, noon + 4 * DAY + 600.0]
+    # (scores are float32: -log p near 15 is good to about 0.1.) Onset emphasis out of the way; a level no chi-squared reading of the noise reaches, so the
+    # two slots hold the spikes' times of day only.
+    config = CalibrationConfig(onset_halflife=1.0, recurrence_level=10.0)
+    first, again, elsewhere, again_later = recurring_scores(config, times)
+    plain = recurring_scores(replace(config, recurrence_factor=1.0), times)
+    assert first == pytest.approx(plain[0])  # the first one always scores in full
+    assert again == pytest.approx(config.recurrence_factor * plain[1], abs=0.1)
+    assert elsewhere == pytest.approx(plain[2])  # 18:00: not a time of day seen before
+    # noon + 10 min, two days after the last noon spike: within the tolerance and the days
+    assert again_later == pytest.approx(config.recurrence_factor * plain[3], abs=0.1)
+    assert min(plain) > config.recurrence_level
+
+
+def test_recurrence_off_stores_nothing_and_without_timestamps_nothing_is_damped():
+    assert Calibrator(3, CalibrationConfig(recurrence_factor=1.0)).recur.shape == (3, 0)
+    assert Calibrator(3).recur.shape == (3, CalibrationConfig().recurrence_slots)
