@@ -45,6 +45,22 @@ def test_novelty_is_the_distance_beyond_the_range_seen_in_standard_deviations():
     assert envelope_step(env, 1e30, std=1.0) == Envelope.CLIP
 
 
+def test_novelty_is_measured_in_a_share_of_the_range_where_the_deviation_has_collapsed():
+    """A mostly flat stream with rare large values: its standard deviation is tiny between
+    them, so a record a little above the old maximum is not 20 deviations new."""
+    for share, expected in ((0.05, 2.0), (0.0, Envelope.CLIP)):
+        env = Envelope(1, 1, CalibrationConfig(novelty_halflife=0.0, novelty_range_share=share))
+        envelope_step(env, 0.0, count=0)
+        envelope_step(env, 100.0, count=10)  # the range is [0, 100]
+        # 10 beyond it; deviation 0.1: 100 deviations (clipped to 20), or 2 twentieths of the range
+        assert envelope_step(env, 110.0, std=0.1) == pytest.approx(expected)
+    env = Envelope(1, 1, CalibrationConfig(novelty_halflife=0.0, novelty_range_share=0.05))
+    envelope_step(env, 0.0, count=0)
+    envelope_step(env, 10.0, count=10)
+    # where the deviation is the larger scale it is the one used: 1 beyond, std 2
+    assert envelope_step(env, 11.0, std=2.0) == pytest.approx(0.5)
+
+
 def test_the_range_relaxes_towards_the_mean_with_its_halflife():
     env = Envelope(1, 1, CalibrationConfig(novelty_halflife=10.0))
     envelope_step(env, 0.0, count=0)
@@ -88,6 +104,8 @@ def test_novelty_adds_its_weight_in_nats_to_minus_log_p():
         ("recurrence_tolerance", 0.0),
         ("recurrence_days", 0),
         ("recurrence_slots", 0),
+        ("recurrence_periodic", 2),
+        ("novelty_range_share", -0.1),
     ],
 )
 def test_calibration_settings_are_checked(field, value):
@@ -273,6 +291,28 @@ def test_a_surprise_at_the_time_of_day_of_yesterdays_is_damped_a_new_time_is_not
     # noon + 10 min, two days after the last noon spike: within the tolerance and the days
     assert again_later == pytest.approx(config.recurrence_factor * plain[3], abs=0.1)
     assert min(plain) > config.recurrence_level
+
+
+def test_a_surprise_one_period_after_two_others_is_damped_an_off_beat_or_a_burst_is_not():
+    """A routine of any period (7 hours here: not a day) is damped from its third beat on;
+    a surprise off the beat, and three surprises 15 minutes apart (a burst, shorter than
+    4 tolerances), score in full."""
+    h = 3600.0
+    first = MIDNIGHT + DAY + 0.5 * h  # the stream's first spike saturates float32: not compared
+    beats = [MIDNIGHT + DAY + 3 * h + k * 7 * h for k in range(4)]  # 03:00, 10:00, 17:00, 00:00
+    off_beat = beats[-1] + 11.5 * h
+    burst = [MIDNIGHT + 3 * DAY + 12 * h + k * 900.0 for k in range(3)]
+    config = CalibrationConfig(onset_halflife=1.0, recurrence_level=10.0)
+    times = [first, *beats, off_beat, *burst]
+    with np.errstate(divide="ignore"):  # the first spike's -log p is inf
+        scores = recurring_scores(config, times)[1:]
+        plain = recurring_scores(replace(config, recurrence_periodic=0), times)[1:]
+    assert max(plain) < np.inf and min(plain) > config.recurrence_level
+    assert scores[:2] == pytest.approx(plain[:2])  # two beats are not yet a period
+    for k in (2, 3):
+        assert scores[k] == pytest.approx(config.recurrence_factor * plain[k], abs=0.1)
+    assert scores[4] == pytest.approx(plain[4])  # 11.5 hours after the last beat: off it
+    assert scores[5:] == pytest.approx(plain[5:])  # a burst is not a routine
 
 
 def test_recurrence_off_stores_nothing_and_without_timestamps_nothing_is_damped():
