@@ -97,6 +97,23 @@ class CalibrationConfig:
     impossible. Everything else is equivariant, so a stream's scores do not change when
     its raw scores are shifted or scaled.
 
+    The scale `b` of a young stream's tail is estimated from few exceedances (about
+    `n * (1 - quantile)` after n readings), and treating it as known makes the stream's
+    first large surprises look rarer than the data can tell. So beyond `u` the tail is the
+    posterior predictive of an exponential whose scale is estimated from
+    `k = tail_prior + n * (1 - quantile)` excesses (a Lomax):
+    `-log p = -log(1 - quantile) + k * log(1 + (x - u) / (k * b))`, which tends to the
+    exponential's `(x - u) / b` as k grows and grows only logarithmically far beyond `b`
+    while k is small. `tail_prior` (0 = off: the scale taken as known) counts the
+    warm-up's guess of `b` as that many excesses. Computed only for the readings beyond
+    `u` (about 0.5%). On NAB 61.88 / 56.34 / 69.70 -> 63.02 / 56.09 / 70.75 (standard /
+    low FP / low FN; 385 -> 379 false-positive rows and 99 -> 100 windows at the standard
+    threshold); `tail_prior` 2 / 5 / 10 scored 62.75 / 56.06 / 70.57, 62.97 / 56.06 /
+    70.72, 62.05 / 55.73 / 69.82. The low-FP profile loses a little: at its threshold
+    3 fewer windows (84 -> 81; e.g. the first window of `grok_asg_anomaly`, about 1,100
+    readings into its file, now 9.7 nats against 11.0) for 24 fewer false-positive rows
+    (109 -> 85, spread over 15 files).
+
     Onset emphasis: a reading whose -log p does not beat the stream's recent peak (a
     maximum of -log p decaying with `onset_halflife`) has its -log p multiplied by
     `repeat_factor`. NAB, like an operator, rewards the first alert of an episode and
@@ -189,6 +206,7 @@ class CalibrationConfig:
     quantile_rate: float = 0.2
     tail_halflife: float = 50.0
     floor: float = 0.01
+    tail_prior: float = 3.0
     onset_halflife: float = 30.0
     repeat_factor: float = 0.5
     novelty_weight: float = 16.0
@@ -219,6 +237,7 @@ class CalibrationConfig:
             ("quantile_rate", self.quantile_rate > 0, "must be > 0"),
             ("tail_halflife", self.tail_halflife > 0, "must be > 0"),
             ("floor", self.floor > 0, "must be > 0"),
+            ("tail_prior", self.tail_prior >= 0, "must be >= 0 (0 = off)"),
             ("onset_halflife", self.onset_halflife > 0, "must be > 0"),
             ("repeat_factor", 0 <= self.repeat_factor <= 1, "must be in [0, 1]"),
             ("novelty_weight", self.novelty_weight >= 0, "must be >= 0 (0 = off)"),
@@ -356,6 +375,14 @@ class Calibrator:
         log_p = self._log_tail_probability(
             raw, mean, u, np.maximum(dev, cfg.floor), floored_b, miss, over, above
         )
+        if cfg.tail_prior:  # the tail's scale is uncertain: a Lomax beyond u (only those rows)
+            i = np.flatnonzero(above)
+            if len(i):
+                k = n[i] * (1.0 - cfg.quantile)
+                k += cfg.tail_prior
+                beyond = np.log1p(over[i] / (floored_b[i] * k))
+                beyond *= k
+                log_p[i] = beyond + self._log_tail
         if novelty is not None and cfg.novelty_weight:
             log_p += cfg.novelty_weight * novelty
         if context is not None and cfg.context_weight:

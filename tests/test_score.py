@@ -25,6 +25,30 @@ def test_a_repeat_of_a_surprise_scores_below_its_onset_and_a_later_one_recovers(
     assert later > repeat
 
 
+def test_a_young_tail_is_a_lomax_that_tends_to_the_exponential():
+    """Beyond u, -log p = -log(1 - quantile) + k log(1 + e / k), where e is the exponential's
+    (x - u) / b and k = tail_prior + n (1 - quantile): lower than the exponential's while
+    few excesses are behind the scale, and the gap closes as the stream ages."""
+    rows = np.zeros(1, np.int64)
+    gaps = []
+    for n in (300, 20_000):
+        log_p = {}
+        for prior in (0.0, 3.0):
+            config = CalibrationConfig(tail_prior=prior, repeat_factor=1.0)
+            cal = Calibrator(1, config)
+            for x in np.random.default_rng(0).standard_normal(n) ** 2:
+                cal.step(rows, np.array([x]))
+            spike = cal.threshold[0] + 6.0 * cal.excess[0]  # e = 6: -log p about 11 nats
+            log_p[prior] = -np.log1p(-float(cal.step(rows, np.array([spike]))[0]))
+        tail = -np.log1p(-config.quantile)
+        k = 3.0 + n * (1.0 - config.quantile)
+        e = log_p[0.0] - tail
+        assert e == pytest.approx(6.0, abs=0.05)
+        assert log_p[3.0] == pytest.approx(tail + k * np.log1p(e / k), abs=0.05)
+        gaps.append(log_p[0.0] - log_p[3.0])
+    assert gaps[0] > 1.0 > 0.2 > gaps[1] > 0.0
+
+
 def envelope_step(env, x, mean=0.0, std=1.0, count=100, warmup=64):
     """One reading of one single-channel stream (row 0) through `env`; its novelty."""
     rows = np.zeros(1, np.int64)
@@ -105,6 +129,7 @@ def test_novelty_adds_its_weight_in_nats_to_minus_log_p():
         ("recurrence_days", 0),
         ("recurrence_slots", 0),
         ("recurrence_periodic", 2),
+        ("tail_prior", -1.0),
         ("novelty_range_share", -0.1),
     ],
 )
@@ -302,7 +327,8 @@ def test_a_surprise_one_period_after_two_others_is_damped_an_off_beat_or_a_burst
     beats = [MIDNIGHT + DAY + 3 * h + k * 7 * h for k in range(4)]  # 03:00, 10:00, 17:00, 00:00
     off_beat = beats[-1] + 11.5 * h
     burst = [MIDNIGHT + 3 * DAY + 12 * h + k * 900.0 for k in range(3)]
-    config = CalibrationConfig(onset_halflife=1.0, recurrence_level=10.0)
+    # tail_prior 0: the spikes stay above the level, as in the test above
+    config = CalibrationConfig(onset_halflife=1.0, recurrence_level=10.0, tail_prior=0.0)
     times = [first, *beats, off_beat, *burst]
     with np.errstate(divide="ignore"):  # the first spike's -log p is inf
         scores = recurring_scores(config, times)[1:]
