@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from . import snapshot
 from .alerts import AlertPublisher
-from .batcher import Batcher, Wave
+from .batcher import Batch, Batcher
 from .config import Config, RouteConfig
 from .endpoint import Endpoint
 from .engine import EngineSettings, StreamEngine
@@ -115,7 +115,7 @@ class Pipeline:
             else:
                 time.sleep(idle_s)
 
-    def process(self, wave: Wave) -> None:
+    def process(self, wave: Batch) -> None:
         """Step, record and alert under the lock, so a snapshot never sees half a wave."""
         with self.lock:
             try:
@@ -131,19 +131,19 @@ class Pipeline:
                     ack(item.ack)
         self.waves += 1
 
-    def _by_route(self, wave: Wave) -> list[tuple[int, Wave]]:
+    def _by_route(self, wave: Batch) -> list[tuple[int, Batch]]:
         """The wave split by route; with a single route (the usual case) without a pass over it."""
         if len(self.engines) == 1:
             return [(0, wave)]
-        by_route: dict[int, Wave] = {}
+        by_route: dict[int, Batch] = {}
         for item, ts, values in zip(wave.items, wave.ts, wave.values, strict=True):
             part = by_route.get(item.route)
             if part is None:
-                part = by_route[item.route] = Wave()
+                part = by_route[item.route] = Batch()
             part.add(item, ts, values)
         return list(by_route.items())
 
-    def _step(self, route: int, wave: Wave) -> None:
+    def _step(self, route: int, wave: Batch) -> None:
         engine = self.engines[route]
         ids = [item.stream for item in wave.items]
         ts = np.array(wave.ts, np.float64)

@@ -40,8 +40,9 @@ class Item:
 
 
 @dataclass(slots=True)
-class Wave:
-    """The readings of one wave, a list per field, and the runs it finished (their acks are due)."""
+class Batch:
+    """One wave's readings as the engine thread gets them (a list per field), and the runs
+    it finished (their acks are due). The engine's scored result is `engine.Wave`."""
 
     items: list[Item] = field(default_factory=list)  # each reading's run: its route and stream
     ts: list[float] = field(default_factory=list)
@@ -59,7 +60,7 @@ class Wave:
 
 @dataclass
 class Batcher:
-    """Bounded inbox (any thread) feeding waves (one engine thread).
+    """Bounded inbox (one producer: the MQTT thread) feeding waves (one engine thread).
 
     Depth is counted in readings, by two counters that only ever grow, each written by
     one thread (readings offered: the MQTT thread; taken into waves: the engine
@@ -112,7 +113,7 @@ class Batcher:
             else:
                 fifo.append(item)
 
-    def next_wave(self, now: float | None = None, flush: bool = False) -> Wave:
+    def next_wave(self, now: float | None = None, flush: bool = False) -> Batch:
         """The next wave if one is due, else an empty one: due when `max_size` streams wait or
         `max_delay_s` passed.
 
@@ -121,7 +122,7 @@ class Batcher:
         now = time.monotonic() if now is None else now
         was_idle = not self._pending
         self._drain()
-        wave = Wave()
+        wave = Batch()
         if not self._pending:
             return wave
         if was_idle and not flush:
