@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from . import snapshot
 from .alerts import AlertPublisher
 from .batcher import Batch, Batcher
+from .calibration import CalibrationConfig
 from .config import Config, RouteConfig
 from .endpoint import Endpoint
 from .engine import EngineSettings, StreamEngine
@@ -40,7 +41,6 @@ from .metrics import (
 from .model import DEFAULT_MODEL, StepModel
 from .parse import Parser, PayloadSpec, TopicTemplate
 from .record import Recorder
-from .score import CalibrationConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .calibration import CalibrationConfig
 from .errors import ConfigError
-from .score import CalibrationConfig
 
 ENV_PREFIX = "STREAMER_"
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import CalibrationConfig
 from .model import StepModel
 from .normalize import Scale
-from .score import CalibrationConfig, hysteresis, surprise
+from .score import hysteresis, surprise
 from .state import StateStore
 
 # Readings by result: what /metrics shows as streamer_readings_total{result=...}.

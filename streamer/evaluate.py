@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from . import nab, quality
+from .calibration import CalibrationConfig
 from .engine import EngineSettings, StreamEngine, Wave
 from .errors import ConfigError
 from .model import DEFAULT_MODEL, StepModel, file_sha256
-from .score import CalibrationConfig
 
 DETECTOR = "streamer"
 

@@ -15,8 +15,10 @@ from operator import itemgetter
 
 import numpy as np
 
+from .calibration import CalibrationConfig
 from .normalize import GapConfig, GapTracker, Normalizer, NormalizerConfig
-from .score import CalibrationConfig, Calibrator, Envelope, Seasonal
+from .score import Calibrator, Envelope
+from .seasonal import Seasonal
 
 
 def _known_rows(index: dict[str, int], ids: Sequence[str]) -> np.ndarray | None:

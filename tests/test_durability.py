@@ -18,10 +18,10 @@ from conftest import Client, daemon_config, metric_value, scrape, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from streamer import snapshot
+from streamer.calibration import CalibrationConfig
 from streamer.engine import StreamEngine
 from streamer.errors import ModelError, SnapshotError
 from streamer.model import StepModel, file_sha256
-from streamer.score import CalibrationConfig
 
 T0 = 1_700_000_000.0
 

@@ -5,9 +5,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from streamer.calibration import CalibrationConfig
 from streamer.engine import EngineSettings, StreamEngine
 from streamer.model import StepModel
-from streamer.score import CalibrationConfig, hysteresis
+from streamer.score import hysteresis
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 
 from streamer import nab, quality, sim
 from streamer.__main__ import main
+from streamer.calibration import CalibrationConfig
 from streamer.engine import EngineSettings, StreamEngine
 from streamer.errors import ConfigError
 from streamer.evaluate import Detector, LabelSource, replay, run_csv, run_nab
 from streamer.model import StepModel
 from streamer.report import KEEP_MARKER
-from streamer.score import CalibrationConfig, Calibrator
+from streamer.score import Calibrator
 
 NAB_ROOT = Path(
     os.environ.get("NAB_ROOT", Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nab")

@@ -6,9 +6,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from streamer.calibration import CalibrationConfig
 from streamer.errors import ConfigError
 from streamer.normalize import Normalizer, Scale
-from streamer.score import CalibrationConfig, Calibrator, Envelope, Seasonal, explained, surprise
+from streamer.score import Calibrator, Envelope, surprise
+from streamer.seasonal import Seasonal, explained
 
 
 def test_a_repeat_of_a_surprise_scores_below_its_onset_and_a_later_one_recovers():

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.calibration import CalibrationConfig
 from streamer.engine import EngineSettings, StreamEngine
 from streamer.model import ModelInfo, StepModel
-from streamer.score import CalibrationConfig
 
 T0 = 1_700_000_000.0
 
