@@ -144,20 +144,21 @@ DAY = 86_400.0
 MIDNIGHT = 1_699_920_000.0  # 2023-11-14 00:00 UTC
 
 
-def seasonal_run(values, ts, config=None):
+def seasonal_run(values, ts, config=None, part=2):
     """`values` of one single-channel stream through a `Seasonal`, with the normaliser in front
-    of it as in the engine; the `Seasonal`, the normaliser and the gate at every reading."""
+    of it as in the engine; the `Seasonal`, the normaliser and, at every reading, the gate
+    (`part` 2) or the context evidence (`part` 3) of its output."""
     seasonal, norm = Seasonal(1, 1, config), Normalizer(1, 1)
     rows = np.zeros(1, np.int64)
-    gates, last = [], np.nan
+    series, last = [], np.nan
     for x, t in zip(values, ts, strict=True):
         x = np.array([[x]])
         scale = norm.scale(rows)
         out = seasonal.step(rows, x, np.array([t]), np.array([t - last]), scale, 64)
-        gates.append(0.0 if out is None else out[2][0, 0])  # None: no gate open
+        series.append(0.0 if out is None else out[part][0, 0])  # None: no gate open
         norm.step(rows, x, scale)
         last = t
-    return seasonal, norm, np.array(gates)
+    return seasonal, norm, np.array(series)
 
 
 def daily(days: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -237,18 +238,8 @@ def test_seasonal_harmonics_0_turns_the_profile_off_and_stores_nothing():
 
 
 def context_run(values, ts, config=None):
-    """Like `seasonal_run`; the context evidence at every reading instead of the gate."""
-    seasonal, norm = Seasonal(1, 1, config), Normalizer(1, 1)
-    rows = np.zeros(1, np.int64)
-    evidence, last = [], np.nan
-    for x, t in zip(values, ts, strict=True):
-        x = np.array([[x]])
-        scale = norm.scale(rows)
-        out = seasonal.step(rows, x, np.array([t]), np.array([t - last]), scale, 64)
-        evidence.append(0.0 if out is None else out[3][0, 0])
-        norm.step(rows, x, scale)
-        last = t
-    return np.array(evidence)
+    """The context evidence at every reading (see `seasonal_run`)."""
+    return seasonal_run(values, ts, config, part=3)[2]
 
 
 def skipped_rise(amplitude: float, noise: float, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
