@@ -188,7 +188,7 @@ def make_route(index: int, route: RouteConfig, model: StepModel, cfg: Config) ->
         # A message must fit in the queue, or QoS 1 back-pressure would wait for room forever.
         max_readings=min(PayloadSpec.max_readings, cfg.batch.queue_size),
     )
-    return Route(index, route.name, template.topic_filter, Parser(template, spec), channels)
+    return Route(index, route.name, template.topic_filter, Parser(template, spec))
 
 
 def calibration(model: StepModel, cfg: Config) -> CalibrationConfig:

@@ -82,7 +82,7 @@ class Batcher:
 
     def offer(self, items: list[Item]) -> bool:
         """Queue all of a message's readings, or none of them when the queue is full."""
-        n = sum([len(item.ts) for item in items])
+        n = len(items[0].ts) if len(items) == 1 else sum([len(item.ts) for item in items])
         if self._offered - self._taken + n > self.capacity:
             return False
         self.inbox.extend(items)

@@ -39,13 +39,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Route:
-    """A subscription at run time: its filter, its parser, and how many channels its model reads."""
+    """A subscription at run time: its filter and its parser (whose readings have as many
+    values as the route's model reads: `app.make_route` checks it)."""
 
     index: int
     name: str
     topic_filter: str
     parser: Parser
-    channels: int
 
 
 def read_password(cfg: MqttConfig, environ: dict[str, str] | None = None) -> str | None:
@@ -204,21 +204,9 @@ class Ingest:
             if ack:
                 self.client.ack(ack.mid, ack.qos)
             return
-        # A run's readings all have its parser's width, so checking the first checks them all.
-        items = [
-            Item(route.index, r.stream, r.ts, r.values, ack)
-            for r in runs
-            if len(r.values[0]) == route.channels
-        ]
-        if len(items) < len(runs):
-            wrong = sum([len(r.ts) for r in runs if len(r.values[0]) != route.channels])
-            self.dropped[(route.name, "wrong_channels")] += wrong
-            self._throttle.warning(
-                f"{route.name}/channels",
-                "route %s: readings without %d values dropped",
-                route.name,
-                route.channels,
-            )
+        # Every reading has the route's channels: the parser gives it one value per value
+        # field, and `make_route` checks the fields against the model at start and reload.
+        items = [Item(route.index, r.stream, r.ts, r.values, ack) for r in runs]
         if ack is not None:
             self._hand_over(items, ack)
         elif not self.batcher.offer(items):
