@@ -233,7 +233,7 @@ def test_a_spike_every_night_at_the_same_time_is_damped_after_its_first_night(mo
     spikes = 288 * np.arange(1, 6) + 36
     values[spikes] += 4.5
     values[144] += 8.0  # a bigger one at noon of the first day: the nightly ones are not novel
-    # (With 2 slots instead of the default 4 the noise's own surprises, two on the first day
+    # (With 2 slots instead of 4 or more (the default 8) the noise's own surprises, two on the first day
     # here, push the nightly time out of memory before the second night.)
     on, off = (
         run_one(model, values, ts, replace(CalibrationConfig(), recurrence_factor=f))[1]
