@@ -141,7 +141,8 @@ class CalibrationConfig:
     wave of 1,024 that has surprises (the periodic check compares slot pairs). Only
     surprises are judged, so a wave without one costs a comparison (damping every reading
     near a remembered time as well scored 0.1 higher on NAB's standard and low-FN profiles
-    and cost 45-80 us per wave of 1,024). `recurrence_slots` float64 per stream; on NAB
+    and cost 45-80 us per wave of 1,024 in a scratch timing of that variant, which is not
+    kept). `recurrence_slots` float64 per stream; on NAB
     +0.7 standard, +1.4 low FP, +0.9 low FN (docs/EVALUATION.md).
     Routines need not be daily: with `recurrence_periodic` (1 = on) a surprise that
     comes one interval after a remembered surprise, where that interval separates two

@@ -123,3 +123,16 @@ def test_payload_kinds_are_what_the_parser_calls_them():
     load = Load(1, "senml", 20, 20, 10)
     pack = orjson.loads(Payloads(load).encode(0, 0, T0))
     assert pack[0]["bt"] == T0 and [r["n"] for r in pack] == [f"c{i}" for i in range(10)]
+
+
+def test_the_parts_benchmark_times_every_part_of_the_path():
+    """`python -m benchmarks.parts` at tiny sizes: it runs and every figure is a time (not timings)."""
+    from benchmarks import parts
+
+    engine = parts.engine_parts(64, 1)
+    assert {"lookup", "calibration", "profile, nothing to learn"} <= set(engine)
+    assert all(v > 0 for v in engine.values())
+    versus = parts.engine_ratio(64, 1)
+    assert versus["engine"] > 0 and versus["session"] > 0 and versus["ratio"] > 0
+    assert all(v > 0 for v in parts.parsing(1).values())
+    assert parts.callback(1, 50) > 0
