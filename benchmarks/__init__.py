@@ -64,14 +64,12 @@ class OfflineDaemon:
         return [r.name for r in self.daemon.ingest.routes]
 
     def deliver(self, route: int, topic: bytes, payload: bytes, qos: int = 0) -> None:
-        """Hand one message to the route's paho callback, as paho's network thread would."""
-        from paho.mqtt.client import MQTTMessage
-
-        ingest = self.daemon.ingest
-        msg = MQTTMessage(mid=1, topic=topic)
-        msg.payload = payload
-        msg.qos = qos
-        ingest._handler(ingest.routes[route])(ingest.client, None, msg)
+        """Hand one message to the ingest thread's `take`, as a frame from the receiver would."""
+        try:
+            text = topic.decode("utf-8")
+        except UnicodeDecodeError:  # the receiver sends None for a topic that is not UTF-8
+            text = None
+        self.daemon.ingest.take(route, text, payload, 1, qos)
 
     def drain(self) -> int:
         """Step every queued reading through the pipeline; the number of waves it took."""

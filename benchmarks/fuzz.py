@@ -399,7 +399,7 @@ class Fuzzer:
     ) -> Iterator[tuple[str, str, str]]:
         """(stream id, alert topic, problem) for every held stream whose alert topic breaks `rule`."""
         d = self.fuzzed.daemon
-        alerts = AlertPublisher(d.ingest.client, d.cfg.alerts)
+        alerts = AlertPublisher(d.ingest.receiver, d.cfg.alerts)
         for name, engine in zip(self.fuzzed.route_names, d.engines, strict=True):
             for sid in engine.store.index:
                 topic = alerts.topic(name, sid)

@@ -13,8 +13,8 @@ Parts: the engine's steps inside `StreamEngine.step` (id lookup, normaliser, env
 time-of-day profile on a wave with nothing to learn and on the wave a minute that learns,
 gap feature, surprise, calibration, the hidden state's gather and scatter), the whole
 step against a bare `session.run` (the minimum over slices of 60 waves, one full
-minute of the profile), parsing an array and a SenML pack of 100 readings, and the MQTT
-callback of a one-reading message (`Ingest._take`).
+minute of the profile), parsing an array and a SenML pack of 100 readings, and the
+ingest thread's work for a one-reading message (`Ingest.take`: parse and queue).
 """
 
 from __future__ import annotations
@@ -109,23 +109,19 @@ def parsing(repeats: int, k: int = 100) -> dict[str, float]:
     }
 
 
-def callback(repeats: int, messages: int = 10_000) -> float:
-    """Microseconds of the paho callback for a one-reading JSON message, queueing included
-    (a fresh daemon for each timing, so the queue always has room)."""
-    from paho.mqtt.client import MQTTMessage
-
-    msgs = []
-    for i in range(messages):
-        msg = MQTTMessage(mid=1, topic=f"sensors/s{i}".encode())
-        msg.payload = orjson.dumps({"value": 1.0 + i % 7, "ts": T0 + i})
-        msgs.append(msg)
+def ingest_take(repeats: int, messages: int = 10_000) -> float:
+    """Microseconds the ingest thread spends on a one-reading JSON message from the receiver:
+    parsed and queued (a fresh daemon for each timing, so the queue always has room)."""
+    msgs = [
+        (0, f"sensors/s{i}", orjson.dumps({"value": 1.0 + i % 7, "ts": T0 + i}), 1, 0)
+        for i in range(messages)
+    ]
     best = np.inf
     for _ in range(repeats):
-        ingest = OfflineDaemon.build().daemon.ingest
-        take, route = ingest._take, ingest.routes[0]
+        take = OfflineDaemon.build().daemon.ingest.take
         start = time.perf_counter()
         for msg in msgs:
-            take(route, msg)
+            take(*msg)
         best = min(best, time.perf_counter() - start)
     return best / messages * 1e6
 
@@ -141,7 +137,7 @@ def main() -> None:
         "engine parts, us a wave": engine_parts(args.streams, args.repeats),
         "engine vs session.run, us a wave": engine_ratio(args.streams, args.slices),
         "parse, us a reading": parsing(args.repeats),
-        "MQTT callback, us a one-reading message": {"Ingest._take": callback(args.repeats)},
+        "ingest, us a one-reading message": {"Ingest.take": ingest_take(args.repeats)},
     }
     for title, figures in results.items():
         print(f"\n{title}")

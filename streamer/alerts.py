@@ -8,10 +8,10 @@ Published with QoS 1 (configurable) so an event survives a broker hiccup.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import numpy as np
 import orjson
-import paho.mqtt.client as mqtt
 
 from .config import AlertsConfig
 from .engine import StreamEngine, Wave
@@ -39,8 +39,14 @@ def event(route: str, engine: StreamEngine, wave: Wave, i: int, kind: str) -> di
     }
 
 
+class Publisher(Protocol):
+    """Where events go: the daemon's receiver (its broker connection), or a paho client."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> object: ...
+
+
 class AlertPublisher:
-    def __init__(self, client: mqtt.Client, cfg: AlertsConfig) -> None:
+    def __init__(self, client: Publisher, cfg: AlertsConfig) -> None:
         self.client = client
         self.cfg = cfg
         self.published = 0

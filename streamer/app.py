@@ -124,11 +124,8 @@ class Pipeline:
             except BaseException:
                 self.failed = True
                 raise
-        if self.ingest is not None:
-            ack = self.ingest.ack
-            for item in wave.finished:
-                if item.ack is not None:
-                    ack(item.ack)
+        if self.ingest is not None and wave.finished:
+            self.ingest.acknowledge(wave.finished)
         self.waves += 1
 
     def _by_route(self, wave: Batch) -> list[tuple[int, Batch]]:
@@ -218,8 +215,8 @@ class Daemon:
         self.engines = [StreamEngine(m, engine_settings(cfg), calibration(m, cfg)) for m in models]
         b = cfg.batch
         self.batcher = Batcher(b.max_size, b.max_delay_ms / 1000.0, b.queue_size)
-        self.ingest = Ingest(cfg.mqtt, routes, self.batcher)
-        alerts = AlertPublisher(self.ingest.client, cfg.alerts) if cfg.alerts.enabled else None
+        self.ingest = Ingest(cfg.mqtt, routes, self.batcher, cfg.log)
+        alerts = AlertPublisher(self.ingest.receiver, cfg.alerts) if cfg.alerts.enabled else None
         recorder = Recorder(cfg.output.jsonl) if cfg.output.jsonl else None
         self.pipeline = Pipeline(
             self.engines, [r.name for r in routes], self.batcher, self.ingest, alerts, recorder
@@ -242,6 +239,8 @@ class Daemon:
         return self.endpoint.port if self.endpoint else None
 
     def ready(self) -> tuple[bool, str]:
+        if self.ingest.receiver.proc is not None and not self.ingest.alive():
+            return False, "the MQTT receiver process exited"
         if not self.ingest.connected.is_set():
             return False, f"not connected to broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
         return True, "ready"
@@ -358,8 +357,10 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         self.start()
         while not done.wait(0.5):
-            if not self.worker.is_alive():
-                log.error("engine thread died; exiting")
+            if not (self.worker.is_alive() and self.ingest.alive()):
+                log.error(
+                    "%s died; exiting", "engine thread" if self.ingest.alive() else "receiver"
+                )
                 self.shutdown()
                 return 1
         self.shutdown()

@@ -13,8 +13,8 @@ import time
 
 import orjson
 
+from .client import connect, make_client
 from .config import MqttConfig
-from .ingest import connect, make_client
 from .sim import Fleet
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def publish_fleet(
     fleet = Fleet(streams, seed, anomaly_rate=anomaly_rate, rate_hz=rate_hz)
     client = make_client(cfg, client_id=f"{cfg.client_id}-sim-{seed}")
     connect(client, cfg, clean_start=True)
+    client.loop_start()
     stop = stop or threading.Event()
     end = time.time() + duration if duration > 0 else float("inf")
     sent = 0

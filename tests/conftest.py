@@ -101,8 +101,7 @@ def start_daemon() -> Iterator[Callable[[config.Config], Daemon]]:
         d = Daemon(cfg)
         d.start()
         started.append(d)
-        wait_until(d.ingest.connected.is_set, what="daemon connected")
-        time.sleep(0.2)  # subscriptions are made in on_connect; give SUBACK a moment
+        wait_until(d.ingest.subscribed.is_set, what="daemon subscribed")
         return d
 
     yield start

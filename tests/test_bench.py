@@ -135,4 +135,4 @@ def test_the_parts_benchmark_times_every_part_of_the_path():
     versus = parts.engine_ratio(64, 1)
     assert versus["engine"] > 0 and versus["session"] > 0 and versus["ratio"] > 0
     assert all(v > 0 for v in parts.parsing(1).values())
-    assert parts.callback(1, 50) > 0
+    assert parts.ingest_take(1, 50) > 0

@@ -140,7 +140,7 @@ def _new_alert_topics(fuzzer: Fuzzer, route: int, topic: bytes, payload: bytes) 
     before = set(store.index)
     d.deliver(route, topic, payload)
     d.drain()
-    alerts = AlertPublisher(d.daemon.ingest.client, d.daemon.cfg.alerts)
+    alerts = AlertPublisher(d.daemon.ingest.receiver, d.daemon.cfg.alerts)
     return [alerts.topic(d.route_names[route], sid) for sid in set(store.index) - before]
 
 

@@ -57,16 +57,17 @@ def thread_cpu() -> dict[str, float]:
 class Progress:
     """Readings a consumer has handled, and when the first and the last one came."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: Callable[[], float] = time.process_time) -> None:
         self.count = 0
         self.first = 0.0
         self.last = 0.0
+        self.cpu = cpu  # CPU seconds of the consumer (the daemon: with its receiver process)
         self.cpu_at_first = 0.0
 
     def add(self, n: int, now: float) -> None:
         if not self.count:
             self.first = now
-            self.cpu_at_first = time.process_time()
+            self.cpu_at_first = self.cpu()
         self.count += n
         self.last = now
 
@@ -92,7 +93,7 @@ class Progress:
             "count": self.count,
             "first": self.first,
             "last": self.last,
-            "cpu_window_s": time.process_time() - self.cpu_at_first if self.count else 0.0,
+            "cpu_window_s": self.cpu() - self.cpu_at_first if self.count else 0.0,
         }
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from collections import defaultdict
 
@@ -29,7 +28,15 @@ from streamer.app import Daemon
 from streamer.engine import DROPPED, TAKEN
 from streamer.metrics import Buckets
 
-from .procs import Latencies, Progress, announce_ready, own_usage, thread_cpu
+from .procs import (
+    Latencies,
+    Progress,
+    announce_ready,
+    cpu_seconds,
+    memory,
+    own_usage,
+    thread_cpu,
+)
 
 
 class LatencyProbe(Buckets):
@@ -84,16 +91,10 @@ def run(expected: int, idle_s: float, warmup_s: float) -> dict:
     progress = Progress()
     probe = LatencyProbe(daemon.pipeline.latency.bounds, progress)
     daemon.pipeline.latency = probe
-    subscribed = threading.Event()
-    on_subscribe = daemon.ingest.client.on_subscribe
-
-    def hooked(*args: object) -> None:
-        on_subscribe(*args)
-        subscribed.set()
-
-    daemon.ingest.client.on_subscribe = hooked
     daemon.start()
-    if not subscribed.wait(30):
+    receiver = daemon.ingest.receiver.proc.pid
+    progress.cpu = lambda: time.process_time() + cpu_seconds(receiver)
+    if not daemon.ingest.subscribed.wait(30):
         raise TimeoutError("the daemon did not subscribe within 30 s")
     announce_ready()
     queue_peak = 0
@@ -103,18 +104,23 @@ def run(expected: int, idle_s: float, warmup_s: float) -> dict:
         queue_peak = max(queue_peak, daemon.batcher.depth())
         return accounted(daemon)
 
-    threads_before = thread_cpu()
+    def threads() -> dict[str, float]:
+        return {**thread_cpu(), "receiver": cpu_seconds(receiver)}
+
+    threads_before = threads()
     progress.wait(expected, idle_s, count)
     usage = own_usage()
-    threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu().items()}
+    usage["rss"] += memory(receiver)["rss"]  # the daemon's footprint: both processes
+    thread_cpu_s = {k: v - threads_before.get(k, 0.0) for k, v in threads().items()}
+    summary = progress.summary()
     daemon.shutdown()
     return {
-        **progress.summary(),
+        **summary,
         **usage,
         "accounted": accounted(daemon),
         "waves": daemon.pipeline.waves,
         "queue_peak": queue_peak,
-        "thread_cpu_s": threads,
+        "thread_cpu_s": thread_cpu_s,
         "latency": probe.latencies.summary(warmup_s),
         "metrics": exported(daemon),
     }

@@ -1,0 +1,380 @@
+"""The MQTT connection, in a process of its own: receives messages and hands them to the daemon.
+
+Why a process: paho's Python costs about 30 us a message, and in the daemon's
+process it shared one interpreter lock with parsing and the engine, which made
+every part wait for the others (one-reading messages: 0.60 x a bare subscriber's
+rate; with the engine removed, still 0.79). Here paho runs alone, one thread on our
+own select loop (a second thread, even one waking each millisecond to flush, cost
+17% of the rate), and does nothing per message beyond paho's own work: it appends
+(route, topic, payload, mid, qos) to a batch and ships the batch to the daemon as
+one frame when the socket has no more to read, when it holds BATCH_MAX messages or
+when its oldest waited BATCH_AGE_S.
+
+The daemon talks back on the same socket pair: acknowledgements of QoS 1 messages
+once their readings are stepped, alerts to publish, unsubscribe, close.
+Back-pressure: while more than BACKLOG_BYTES wait for the daemon to read them,
+the broker's socket is not read, so the broker keeps the backlog (QoS 1) exactly as
+when the daemon's own thread was slow.
+
+The process ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group,
+systemd signals the whole cgroup): it stops when the daemon says close, after the
+last acknowledgements, or when the daemon is gone (its socket reads end of file).
+
+    python -m streamer.receiver FD    (started by `Receiver`, never by hand)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from . import logs
+from .client import connect, make_client, read_password
+from .config import LogConfig, MqttConfig
+
+log = logging.getLogger("streamer.receiver")  # run as __main__ in its process
+
+BATCH_MAX = 512  # messages in one frame
+BATCH_AGE_S = 0.002  # under a steady flow, the longest a message waits for its frame
+BACKLOG_BYTES = 8 << 20  # frames the daemon has not read yet; beyond it the broker waits
+MISC_S = 0.5  # keep-alive and reconnect checks at least this often
+CLOSE_S = 5.0  # after close, the longest the relay waits to hand over what it has
+HEADER = struct.Struct("<I")
+
+# A message as it travels: (route index or -1 when no route matched, topic (None when
+# not UTF-8), payload, mid, qos).
+Message = tuple[int, str | None, bytes, int, int]
+
+
+def encode(frame: tuple) -> bytes:
+    data = pickle.dumps(frame, pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+def decode(buffer: bytearray) -> list[tuple]:
+    """The complete frames at the start of `buffer`, removed from it; a partial one stays."""
+    frames, at = [], 0
+    while len(buffer) - at >= HEADER.size:
+        (n,) = HEADER.unpack_from(buffer, at)
+        end = at + HEADER.size + n
+        if end > len(buffer):
+            break
+        frames.append(pickle.loads(buffer[at + HEADER.size : end]))
+        at = end
+    del buffer[:at]
+    return frames
+
+
+class Receiver:
+    """The daemon's handle on the receiver process: start it, read its frames, talk back.
+
+    `send` may be called from any thread (acks from the engine thread, alerts, stop
+    from the main thread); one lock keeps frames whole.
+    """
+
+    def __init__(self, cfg: MqttConfig, filters: list[str], log_cfg: LogConfig) -> None:
+        self.cfg = cfg
+        self.filters = filters
+        self.log_cfg = log_cfg
+        self.password = read_password(cfg)  # now: the environment may change before start()
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._inbox = bytearray()  # bytes from the receiver, not a whole frame yet
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        fd = theirs.fileno()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamer.receiver", str(fd)], pass_fds=(fd,)
+        )
+        theirs.close()
+        self.sock = ours
+        self.send(
+            "start",
+            dataclasses.asdict(self.cfg),
+            self.password,
+            self.filters,
+            self.log_cfg.level,
+            self.log_cfg.json,
+        )
+
+    def receive(self) -> list[tuple]:
+        """The next frames from the receiver, waiting for at least one; [] once it has exited."""
+        while not (frames := decode(self._inbox)):
+            try:
+                data = self.sock.recv(1 << 20)
+            except OSError:
+                return []
+            if not data:
+                return []
+            self._inbox += data
+        return frames
+
+    def send(self, kind: str, *args: Any) -> bool:
+        """False when the receiver is not running (its exit is noticed by the reader of `frames`)."""
+        if self.sock is None:
+            return False
+        data = encode((kind, *args))
+        with self._lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                return False
+        return True
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        """For `AlertPublisher`: published on the receiver's connection."""
+        self.send("publish", topic, payload, qos)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self, timeout_s: float = CLOSE_S + 1.0) -> None:
+        """Disconnect cleanly after every acknowledgement sent so far; kill if it hangs."""
+        if self.proc is None:
+            return
+        self.send("close")
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.error("the MQTT receiver did not stop within %.0f s; killed", timeout_s)
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+
+
+class Relay:
+    """The receiver process: one paho client, one thread, one select loop."""
+
+    def __init__(
+        self, cfg: MqttConfig, password: str | None, filters: list[str], parent: socket.socket
+    ) -> None:
+        self.cfg = cfg
+        self.filters = filters
+        self.parent = parent
+        parent.setblocking(False)
+        self.batch: list[Message] = []
+        self.batch_since = 0.0
+        self.client = make_client(cfg, manual_ack=cfg.qos > 0, password=password)
+        connect(self.client, cfg)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        for index, topic_filter in enumerate(filters):
+            self.client.message_callback_add(topic_filter, self._forwarder(index))
+        self.client.on_message = self._forwarder(-1)
+        self.out = bytearray()  # frames for the daemon, not sent yet
+        self.inbox = bytearray()  # bytes from the daemon, not a whole frame yet
+        self.stopping = False  # unsubscribed: the daemon is draining
+        self.closing = 0.0  # when the daemon said close
+        self.gone = False  # the daemon's end of the socket is closed
+        self.delay = cfg.reconnect_min_s
+        self.retry_at = 0.0
+        self.misc_at = 0.0
+
+    # -- messages to the daemon
+
+    def _forwarder(self, route: int):
+        batch = self.batch
+
+        def on_message(client, userdata, msg: mqtt.MQTTMessage) -> None:
+            if not batch:
+                self.batch_since = time.monotonic()
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:
+                topic = None
+            batch.append((route, topic, msg.payload, msg.mid, msg.qos))
+            if len(batch) >= BATCH_MAX:
+                self._flush()
+
+        return on_message
+
+    def _flush(self) -> None:
+        self.out += encode(("messages", self.batch))
+        self.batch.clear()
+
+    def _tell(self, kind: str, *args: Any) -> None:
+        if self.batch:  # keep the order: messages received before this event go first
+            self._flush()
+        self.out += encode((kind, *args))
+
+    # -- paho's callbacks (run inside loop_read, on our one thread)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        cfg = self.cfg
+        if reason_code.is_failure:
+            log.error("broker %s:%s refused the connection: %s", cfg.host, cfg.port, reason_code)
+            return
+        self.delay = cfg.reconnect_min_s
+        session = bool(getattr(flags, "session_present", False))
+        log.info(
+            "connected to %s:%s (%s session)", cfg.host, cfg.port, "resumed" if session else "new"
+        )
+        if not self.stopping:
+            client.subscribe([(f, cfg.qos) for f in self.filters])
+        self._tell("connected", session)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused subscriptions: %s", ", ".join(refused))
+        else:
+            log.info("subscribed to %s", ", ".join(self.filters))
+        self._tell("subscribed", refused)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.retry_at = time.monotonic() + self.delay
+        self.delay = min(self.delay * 2, self.cfg.reconnect_max_s)
+        if not (self.stopping or self.closing):
+            log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
+        self._tell("disconnected", str(reason_code))
+
+    # -- the loop
+
+    def run(self) -> None:
+        while not self._finished():
+            sock = self.client.socket()
+            if sock is None and not self.closing:
+                self._reconnect()
+                sock = self.client.socket()
+            readable = [self.parent]
+            if sock is not None and len(self.out) < BACKLOG_BYTES:
+                readable.append(sock)
+            writable = [self.parent] if self.out else []
+            if sock is not None and self.client.want_write():
+                writable.append(sock)
+            buffered = sock is not None and _tls_pending(sock)
+            timeout = 0.0 if self.batch or buffered else MISC_S
+            r, w, _ = select.select(readable, writable, [], timeout)
+            if (sock is not None and sock in r) or buffered:
+                self.client.loop_read()
+            if self.parent in r:
+                self._commands()
+            if sock is not None and sock in w:
+                self.client.loop_write()
+            if self.parent in w:
+                self._send()
+            now = time.monotonic()
+            if self.batch and (not r or now - self.batch_since >= BATCH_AGE_S):
+                self._flush()  # the socket had nothing more, or the oldest waited long enough
+            if now >= self.misc_at:
+                self.client.loop_misc()
+                self.misc_at = now + MISC_S
+
+    def _finished(self) -> bool:
+        if self.gone:
+            return True
+        if not self.closing:
+            return False
+        unsent = self.client.socket() is not None and self.client.want_write()
+        handed_over = not (self.out or self.batch or unsent)
+        return handed_over or time.monotonic() - self.closing > CLOSE_S
+
+    def _reconnect(self) -> None:
+        now = time.monotonic()
+        if now < self.retry_at:
+            return
+        try:
+            self.client.reconnect()
+        except (OSError, ValueError) as e:  # refused, unreachable, TLS handshake, bad host
+            log.warning(
+                "cannot reach broker %s:%s (%s); retrying in %.1f s",
+                self.cfg.host,
+                self.cfg.port,
+                e,
+                self.delay,
+            )
+            self.retry_at = now + self.delay
+            self.delay = min(self.delay * 2, self.cfg.reconnect_max_s)
+
+    def _send(self) -> None:
+        try:
+            n = self.parent.send(self.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.gone = True
+            return
+        del self.out[:n]
+
+    def _commands(self) -> None:
+        try:
+            data = self.parent.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.gone = True
+            return
+        self.inbox += data
+        for kind, *args in decode(self.inbox):
+            getattr(self, f"_do_{kind}")(*args)
+
+    # -- the daemon's commands
+
+    def _do_ack(self, acks: list[tuple[int, int]]) -> None:
+        ack = self.client.ack
+        for mid, qos in acks:
+            ack(mid, qos)
+
+    def _do_publish(self, topic: str, payload: bytes, qos: int) -> None:
+        self.client.publish(topic, payload, qos=qos)
+
+    def _do_unsubscribe(self) -> None:
+        self.stopping = True
+        if self.client.is_connected():
+            self.client.unsubscribe(self.filters)
+
+    def _do_close(self) -> None:
+        self.closing = time.monotonic()
+        if self.client.is_connected():
+            self.client.disconnect()
+
+
+def _tls_pending(sock: Any) -> bool:
+    """Bytes TLS already decrypted: select() cannot see them, so they are read without waiting."""
+    pending = getattr(sock, "pending", None)
+    return pending is not None and pending() > 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    parent = socket.socket(fileno=int(argv[0]))
+    inbox = bytearray()
+    while not (frames := decode(inbox)):
+        data = parent.recv(1 << 16)
+        if not data:
+            return 1
+        inbox += data
+    (kind, mqtt_cfg, password, filters, level, as_json), *rest = frames
+    if kind != "start":
+        return 1
+    logs.setup(level, as_json)
+    relay = Relay(MqttConfig(**mqtt_cfg), password, filters, parent)
+    relay.inbox += inbox
+    for kind, *args in rest:
+        getattr(relay, f"_do_{kind}")(*args)
+    relay.run()
+    relay.client.loop_write()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

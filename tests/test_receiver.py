@@ -1,0 +1,128 @@
+"""The receiver process: frames, acknowledgements across the process boundary, and its lifetime."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from conftest import daemon_config, wait_until
+from hypothesis import given
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+
+from streamer import config
+from streamer.app import Daemon
+from streamer.config import LogConfig, MqttConfig
+from streamer.receiver import Receiver, decode, encode
+
+frames = st.lists(
+    st.tuples(st.text(max_size=8), st.lists(st.integers() | st.binary(max_size=40), max_size=5)),
+    max_size=6,
+)
+
+
+@given(frames=frames, cuts=st.lists(st.integers(0, 400), max_size=8))
+def test_frames_come_out_whole_and_in_order_however_the_bytes_are_cut(frames, cuts):
+    wire = b"".join(encode(f) for f in frames)
+    buffer, got, at = bytearray(), [], 0
+    for cut in [*sorted(cuts), len(wire)]:
+        buffer += wire[at : max(at, cut)]
+        at = max(at, cut)
+        got += decode(buffer)
+    assert got == frames
+    assert not buffer
+
+
+def _publish(port: int, n: int) -> None:
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pub", protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    for i in range(n):
+        pub.publish(f"sensors/s{i}", str(i).encode(), qos=1).wait_for_publish(5)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def _receive(receiver: Receiver, n: int) -> list[tuple]:
+    """The first `n` messages the receiver forwards (after its session is up)."""
+    got: list[tuple] = []
+    while frames := receiver.receive():
+        got += [m for kind, *args in frames if kind == "messages" for m in args[0]]
+        if len(got) >= n:
+            return got
+    raise AssertionError(f"the receiver exited after {len(got)} of {n} messages")
+
+
+def _events(receiver: Receiver, kind: str) -> list[tuple]:
+    """Frames until one of `kind`, that one included."""
+    seen: list[tuple] = []
+    while frames := receiver.receive():
+        for frame in frames:
+            seen.append(frame)
+            if frame[0] == kind:
+                return seen
+    raise AssertionError(f"the receiver exited without {kind!r}: {seen}")
+
+
+def _receiver(port: int) -> Receiver:
+    cfg = MqttConfig(port=port, client_id="receiver-test", qos=1)
+    r = Receiver(cfg, ["sensors/+"], LogConfig(level="warning"))
+    r.start()
+    return r
+
+
+def test_only_unacknowledged_messages_are_delivered_again(broker):
+    first = _receiver(broker.port)
+    assert [f[0] for f in _events(first, "subscribed")] == ["connected", "subscribed"]
+    threading.Thread(target=_publish, args=(broker.port, 20), daemon=True).start()
+    got = _receive(first, 20)
+    assert [(route, topic, payload) for route, topic, payload, _, _ in got] == [
+        (0, f"sensors/s{i}", str(i).encode()) for i in range(20)
+    ]
+    assert {qos for *_, qos in got} == {1}
+    first.send("ack", [(mid, qos) for _, _, _, mid, qos in got[:15]])
+    first.close()
+    assert first.proc.returncode == 0
+
+    second = _receiver(broker.port)  # the same client id: the broker kept the session
+    again = _receive(second, 5)
+    assert [payload for _, _, payload, _, _ in again] == [str(i).encode() for i in range(15, 20)]
+    second.close()
+
+
+def test_signals_to_the_process_group_leave_it_to_the_daemon_and_a_gone_daemon_ends_it(broker):
+    r = _receiver(broker.port)
+    _events(r, "subscribed")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        os.kill(r.proc.pid, sig)  # a Ctrl-C or a stop of the whole cgroup: the daemon drains
+    time.sleep(0.3)
+    assert r.alive()
+    r.sock.close()  # the daemon is gone: nothing can take its messages
+    r.proc.wait(5)
+    assert r.proc.returncode == 0
+
+
+def test_a_daemon_whose_receiver_died_is_not_ready_and_exits_with_failure(broker):
+    d = Daemon(daemon_config(broker, STREAMER_METRICS_ENABLED="false"))
+    killed = threading.Event()
+
+    def kill_receiver() -> None:
+        wait_until(d.ingest.subscribed.is_set, 20, "subscription")
+        d.ingest.receiver.proc.kill()
+        wait_until(lambda: not d.ready()[0], 5, "not ready")
+        killed.set()
+
+    threading.Thread(target=kill_receiver, daemon=True).start()
+    assert d.run_forever() == 1
+    assert killed.is_set()
+    assert d.ready() == (False, "the MQTT receiver process exited")
+
+
+def test_the_receiver_takes_the_password_read_when_the_daemon_was_built(broker, monkeypatch):
+    monkeypatch.setenv("STREAMER_MQTT_PASSWORD", "first")
+    r = Receiver(MqttConfig(port=broker.port, username="u"), ["a/#"], config.LogConfig())
+    monkeypatch.setenv("STREAMER_MQTT_PASSWORD", "second")
+    assert r.password == "first"
