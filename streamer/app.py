@@ -106,14 +106,21 @@ class Pipeline:
             gc.unfreeze()
 
     def _loop(self, idle_s: float) -> None:
+        """Messages in, waves out, on one thread; waiting only when no wave is due."""
+        wait = 0.0
         while True:
+            if self.ingest is not None:
+                self.ingest.poll(wait)
+            elif wait:
+                time.sleep(wait)
             wave = self.batcher.next_wave(flush=self.stop.is_set())
             if wave:
                 self.process(wave)
+                wait = 0.0
             elif self.stop.is_set() and self.batcher.depth() == 0:
                 return
             else:
-                time.sleep(idle_s)
+                wait = idle_s
 
     def process(self, wave: Batch) -> None:
         """Step, record and alert under the lock, so a snapshot never sees half a wave."""

@@ -1,8 +1,9 @@
 """From a stream of readings to waves: each stream at most once per wave, arrival order kept.
 
-The MQTT thread appends a message's runs (one stream's readings each, in order) to a
-bounded inbox and returns at once; the engine thread drains it into one FIFO of runs
-per stream and takes the next reading of every FIFO as a wave.
+Ingest appends a message's runs (one stream's readings each, in order) to a bounded
+inbox; the next wave drains it into one FIFO of runs per stream and takes the next
+reading of every FIFO. Both happen on the engine thread, which reads the receiver's
+frames between waves.
 One model call per wave is what makes inference cheap (a batch of 256 costs about
 as much as 8 single steps), and a stream's readings must be stepped in order, so a
 stream with several readings waiting (a SenML pack, a burst) contributes one per
@@ -15,7 +16,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
 
 
 @dataclass(slots=True)
@@ -60,12 +60,7 @@ class Batch:
 
 @dataclass
 class Batcher:
-    """Bounded inbox (one producer: the MQTT thread) feeding waves (one engine thread).
-
-    Depth is counted in readings, by two counters that only ever grow, each written by
-    one thread (readings offered: the MQTT thread; taken into waves: the engine
-    thread), so no count is ever lost to a race.
-    """
+    """Bounded inbox feeding waves. Depth is counted in readings: offered minus taken."""
 
     max_size: int = 4096
     max_delay_s: float = 0.005
@@ -80,26 +75,21 @@ class Batcher:
         """Readings waiting, inbox and per-stream FIFOs together."""
         return self._offered - self._taken
 
-    def offer(self, items: list[Item]) -> bool:
-        """Queue all of a message's readings, or none of them when the queue is full."""
+    def full(self) -> bool:
+        return self._offered - self._taken >= self.capacity
+
+    def offer(self, items: list[Item], force: bool = False) -> bool:
+        """Queue all of a message's readings, or none of them when they do not fit.
+
+        `force` queues them regardless: a QoS 1 message, which must not be dropped. Its
+        reader stops reading while the queue is `full()`, so the queue overshoots by at
+        most what it read before it looked (the broker keeps the rest).
+        """
         n = len(items[0].ts) if len(items) == 1 else sum([len(item.ts) for item in items])
-        if self._offered - self._taken + n > self.capacity:
+        if not force and self._offered - self._taken + n > self.capacity:
             return False
         self.inbox.extend(items)
         self._offered += n
-        return True
-
-    def put(self, items: list[Item], stop: Any = None, poll_s: float = 0.001) -> bool:
-        """Queue, waiting for room: back-pressure for QoS 1, where dropping would lose data.
-
-        Blocking the MQTT network thread stops reading the socket, so the broker keeps
-        the messages (in its queue, on disk with persistence) until we catch up.
-        Gives up only when `stop` (a threading.Event) is set.
-        """
-        while not self.offer(items):
-            if stop is not None and stop.is_set():
-                return False
-            time.sleep(poll_s)
         return True
 
     def _drain(self) -> None:

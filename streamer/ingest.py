@@ -1,14 +1,14 @@
 """The daemon's side of MQTT: messages from the receiver process, parsed, handed to the batcher.
 
 The receiver process (`receiver.py`) holds the broker connection and ships
-messages here in frames; a thread of ours ("ingest") parses them and queues the
-readings. Delivery:
+messages here in frames; the engine thread reads them between waves (`poll`), parses
+them and queues the readings. Delivery:
 
 * QoS 1 (default): the broker's message is acknowledged only after every reading in
-  it was taken into the engine (manual acks, sent back to the receiver). When the
-  queue is full the ingest thread waits, the receiver's frames pile up until it
-  stops reading the broker's socket: back-pressure, the broker keeps the backlog,
-  nothing is lost.
+  it was taken into the engine (manual acks, sent back to the receiver). While the
+  queue is full no frame is read, the receiver's frames pile up until it stops
+  reading the broker's socket: back-pressure, the broker keeps the backlog, nothing
+  is lost.
 * QoS 0: there is nothing to hold back, so a full queue drops the message and
   counts it (`streamer_readings_dropped_total{reason="queue_full"}`).
 """
@@ -67,15 +67,13 @@ class Ingest:
         self.dropped: Counter[tuple[str, str]] = Counter()  # readings by (route, reason)
         self.connects = 0
         self._throttle = Throttle(log)
-        self._reader = threading.Thread(target=self._read, name="ingest", daemon=True)
 
     def start(self) -> None:
         self.receiver.start()
-        self._reader.start()
 
     def alive(self) -> bool:
         """False once the receiver process has exited (nothing more can arrive)."""
-        return self.receiver.alive() and self._reader.is_alive()
+        return self.receiver.alive()
 
     def stop_taking(self) -> None:
         """Stop taking new messages (unsubscribe) but keep the connection for acks and alerts."""
@@ -84,14 +82,11 @@ class Ingest:
 
     def close(self) -> None:
         self.receiver.close()
-        if self._reader.is_alive():
-            self._reader.join(1.0)
 
     def acknowledge(self, finished: Iterable[Item]) -> None:
         """Runs stepped; a QoS 1 message is acknowledged with the last of its runs.
 
-        Called on the engine thread only: `left -= 1` is not atomic, so the ingest
-        thread never counts down (a lost count would leave a message unacknowledged).
+        Called on the engine thread, which also parses (`poll`), so nothing else counts down.
         """
         due = []
         for item in finished:
@@ -103,17 +98,30 @@ class Ingest:
         if due:
             self.receiver.send("ack", due)
 
-    def _read(self) -> None:
-        """The ingest thread: the receiver's frames, in order, until it exits."""
-        while frames := self.receiver.receive():
-            for kind, *args in frames:
-                if kind == "messages":
-                    self._take_all(args[0])
-                else:
-                    self._event(kind, *args)
-        self.connected.clear()
-        if not self.stopping.is_set():
-            log.error("the MQTT receiver process exited; no more messages can arrive")
+    def poll(self, timeout: float) -> None:
+        """Take the frames the receiver sent, waiting up to `timeout` s for some.
+
+        Called by the engine thread between waves: parsing there, not on a thread of
+        its own, keeps the two from taking turns on the interpreter lock. While the
+        queue is full nothing is read: the receiver's frames wait, then it stops
+        reading the broker (back-pressure).
+        """
+        if self.batcher.full() or self.receiver.sock is None:
+            time.sleep(timeout)
+            return
+        was_closed = self.receiver.closed
+        frames = self.receiver.receive(timeout)
+        if frames is None:
+            self.connected.clear()
+            if not (was_closed or self.stopping.is_set()):
+                log.error("the MQTT receiver process exited; no more messages can arrive")
+            time.sleep(timeout)
+            return
+        for kind, *args in frames:
+            if kind == "messages":
+                self._take_all(args[0])
+            else:
+                self._event(kind, *args)
 
     def _event(self, kind: str, *args: object) -> None:
         if kind == "connected":
@@ -166,5 +174,5 @@ class Ingest:
         if not items:
             self.receiver.send("ack", [(ack.mid, ack.qos)])
             return
-        ack.left = len(items)  # runs; set before the engine thread can see any of them
-        self.batcher.put(items, self.stopping)  # False when stopping: unacknowledged, redelivered
+        ack.left = len(items)  # runs
+        self.batcher.offer(items, force=True)  # never dropped: `poll` stops reading when full

@@ -93,6 +93,7 @@ class Receiver:
         self.sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._inbox = bytearray()  # bytes from the receiver, not a whole frame yet
+        self.closed = False  # its end of the socket is closed: it has exited
 
     def start(self) -> None:
         ours, theirs = socket.socketpair()
@@ -111,17 +112,23 @@ class Receiver:
             self.log_cfg.json,
         )
 
-    def receive(self) -> list[tuple]:
-        """The next frames from the receiver, waiting for at least one; [] once it has exited."""
-        while not (frames := decode(self._inbox)):
-            try:
-                data = self.sock.recv(1 << 20)
-            except OSError:
-                return []
-            if not data:
-                return []
-            self._inbox += data
-        return frames
+    def receive(self, timeout: float | None = None) -> list[tuple] | None:
+        """The whole frames that came, waiting up to `timeout` s (None: for ever) for bytes;
+        None once the receiver has exited. One read at a time, so a caller between
+        waves reads a bounded amount."""
+        if self.closed:
+            return None
+        if not select.select([self.sock], [], [], timeout)[0]:
+            return []
+        try:
+            data = self.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return None
+        self._inbox += data
+        return decode(self._inbox)
 
     def send(self, kind: str, *args: Any) -> bool:
         """False when the receiver is not running (its exit is noticed by the reader of `frames`)."""
@@ -140,7 +147,7 @@ class Receiver:
         self.send("publish", topic, payload, qos)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and not self.closed and self.proc.poll() is None
 
     def close(self, timeout_s: float = CLOSE_S + 1.0) -> None:
         """Disconnect cleanly after every acknowledgement sent so far; kill if it hangs."""

@@ -46,24 +46,33 @@ def _publish(port: int, n: int) -> None:
     pub.loop_stop()
 
 
+def _frames(receiver: Receiver, timeout_s: float = 20.0):
+    """The receiver's frames, one by one, until it exits; fails after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while (frames := receiver.receive(max(0.0, deadline - time.monotonic()))) is not None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no more frames within {timeout_s} s")
+        yield from frames
+
+
 def _receive(receiver: Receiver, n: int) -> list[tuple]:
     """The first `n` messages the receiver forwards (after its session is up)."""
     got: list[tuple] = []
-    while frames := receiver.receive():
-        got += [m for kind, *args in frames if kind == "messages" for m in args[0]]
-        if len(got) >= n:
-            return got
+    for kind, *args in _frames(receiver):
+        if kind == "messages":
+            got += args[0]
+            if len(got) >= n:
+                return got
     raise AssertionError(f"the receiver exited after {len(got)} of {n} messages")
 
 
 def _events(receiver: Receiver, kind: str) -> list[tuple]:
     """Frames until one of `kind`, that one included."""
     seen: list[tuple] = []
-    while frames := receiver.receive():
-        for frame in frames:
-            seen.append(frame)
-            if frame[0] == kind:
-                return seen
+    for frame in _frames(receiver):
+        seen.append(frame)
+        if frame[0] == kind:
+            return seen
     raise AssertionError(f"the receiver exited without {kind!r}: {seen}")
 
 
