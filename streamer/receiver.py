@@ -50,7 +50,7 @@ BATCH_MAX = 512  # messages in one frame
 BATCH_AGE_S = 0.002  # under a steady flow, the longest a message waits for its frame
 BACKLOG_BYTES = 8 << 20  # frames the daemon has not read yet; beyond it the broker waits
 MISC_S = 0.5  # keep-alive and reconnect checks at least this often
-CLOSE_S = 5.0  # after close, the longest the relay waits to hand over what it has
+CLOSE_S = 5.0  # after close, the longest the relay waits to send the broker what it has
 HEADER = struct.Struct("<I")
 
 # A message as it travels: (route index or -1 when no route matched, topic (None when
@@ -288,8 +288,7 @@ class Relay:
         if not self.closing:
             return False
         unsent = self.client.socket() is not None and self.client.want_write()
-        handed_over = not (self.out or self.batch or unsent)
-        return handed_over or time.monotonic() - self.closing > CLOSE_S
+        return not unsent or time.monotonic() - self.closing > CLOSE_S
 
     def _reconnect(self) -> None:
         now = time.monotonic()
@@ -348,7 +347,11 @@ class Relay:
             self.client.unsubscribe(self.filters)
 
     def _do_close(self) -> None:
+        """The daemon reads nothing more: what it did not take stays unacknowledged, and the
+        broker delivers it again. Only the acknowledgements before this are still due."""
         self.closing = time.monotonic()
+        self.batch.clear()
+        self.out.clear()
         if self.client.is_connected():
             self.client.disconnect()
 
