@@ -131,7 +131,7 @@ class Receiver:
         return decode(self._inbox)
 
     def send(self, kind: str, *args: Any) -> bool:
-        """False when the receiver is not running (its exit is noticed by the reader of `frames`)."""
+        """False when the receiver is not running (`receive` notices its exit)."""
         if self.sock is None:
             return False
         data = encode((kind, *args))
