@@ -64,7 +64,7 @@ class OfflineDaemon:
         return [r.name for r in self.daemon.ingest.routes]
 
     def deliver(self, route: int, topic: bytes, payload: bytes, qos: int = 0) -> None:
-        """Hand one message to the ingest thread's `take`, as a frame from the receiver would."""
+        """Hand one message to `Ingest.take`, as a frame from the receiver would."""
         try:
             text = topic.decode("utf-8")
         except UnicodeDecodeError:  # the receiver sends None for a topic that is not UTF-8

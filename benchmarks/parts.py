@@ -14,7 +14,7 @@ time-of-day profile on a wave with nothing to learn and on the wave a minute tha
 gap feature, surprise, calibration, the hidden state's gather and scatter), the whole
 step against a bare `session.run` (the minimum over slices of 60 waves, one full
 minute of the profile), parsing an array and a SenML pack of 100 readings, and the
-ingest thread's work for a one-reading message (`Ingest.take`: parse and queue).
+work of ingest for a one-reading message (`Ingest.take`: parse and queue).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def parsing(repeats: int, k: int = 100) -> dict[str, float]:
 
 
 def ingest_take(repeats: int, messages: int = 10_000) -> float:
-    """Microseconds the ingest thread spends on a one-reading JSON message from the receiver:
+    """Microseconds `Ingest.take` spends on a one-reading JSON message from the receiver:
     parsed and queued (a fresh daemon for each timing, so the queue always has room)."""
     msgs = [
         (0, f"sensors/s{i}", orjson.dumps({"value": 1.0 + i % 7, "ts": T0 + i}), 1, 0)

@@ -246,7 +246,7 @@ class Daemon:
         return self.endpoint.port if self.endpoint else None
 
     def ready(self) -> tuple[bool, str]:
-        if self.ingest.receiver.proc is not None and not self.ingest.alive():
+        if not self.ingest.alive():
             return False, "the MQTT receiver process exited"
         if not self.ingest.connected.is_set():
             return False, f"not connected to broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}"

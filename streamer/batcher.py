@@ -1,9 +1,8 @@
 """From a stream of readings to waves: each stream at most once per wave, arrival order kept.
 
-Ingest appends a message's runs (one stream's readings each, in order) to a bounded
-inbox; the next wave drains it into one FIFO of runs per stream and takes the next
-reading of every FIFO. Both happen on the engine thread, which reads the receiver's
-frames between waves.
+Ingest queues a message's runs (one stream's readings each, in order) in one FIFO of
+runs per stream; a wave takes the next reading of every FIFO. Both happen on the
+engine thread, which reads the receiver's frames between waves.
 One model call per wave is what makes inference cheap (a batch of 256 costs about
 as much as 8 single steps), and a stream's readings must be stepped in order, so a
 stream with several readings waiting (a SenML pack, a burst) contributes one per
@@ -60,19 +59,18 @@ class Batch:
 
 @dataclass
 class Batcher:
-    """Bounded inbox feeding waves. Depth is counted in readings: offered minus taken."""
+    """A bounded queue of runs, by stream, feeding waves. Depth is counted in readings."""
 
     max_size: int = 4096
     max_delay_s: float = 0.005
     capacity: int = 200_000
-    inbox: deque[Item] = field(default_factory=deque)
     _pending: dict[tuple[int, str], deque[Item]] = field(default_factory=dict)
     _offered: int = 0
     _taken: int = 0
-    _due: float = 0.0
+    _due: float | None = None  # when the next wave is due; None: nothing waited at the last look
 
     def depth(self) -> int:
-        """Readings waiting, inbox and per-stream FIFOs together."""
+        """Readings waiting."""
         return self._offered - self._taken
 
     def full(self) -> bool:
@@ -88,20 +86,16 @@ class Batcher:
         n = len(items[0].ts) if len(items) == 1 else sum([len(item.ts) for item in items])
         if not force and self._offered - self._taken + n > self.capacity:
             return False
-        self.inbox.extend(items)
-        self._offered += n
-        return True
-
-    def _drain(self) -> None:
-        inbox, pending = self.inbox, self._pending
-        while inbox:
-            item = inbox.popleft()
+        pending = self._pending
+        for item in items:
             key = (item.route, item.stream)
             fifo = pending.get(key)
             if fifo is None:
                 pending[key] = deque((item,))
             else:
                 fifo.append(item)
+        self._offered += n
+        return True
 
     def next_wave(self, now: float | None = None, flush: bool = False) -> Batch:
         """The next wave if one is due, else an empty one: due when `max_size` streams wait or
@@ -110,12 +104,11 @@ class Batcher:
         `flush` takes whatever waits, without waiting (shutdown, replay).
         """
         now = time.monotonic() if now is None else now
-        was_idle = not self._pending
-        self._drain()
         wave = Batch()
         if not self._pending:
+            self._due = None
             return wave
-        if was_idle and not flush:
+        if self._due is None:
             self._due = now + self.max_delay_s
         if not flush and len(self._pending) < self.max_size and now < self._due:
             return wave

@@ -73,7 +73,7 @@ class Ingest:
 
     def alive(self) -> bool:
         """False once the receiver process has exited (nothing more can arrive)."""
-        return self.receiver.alive()
+        return not self.receiver.exited()
 
     def stop_taking(self) -> None:
         """Stop taking new messages (unsubscribe) but keep the connection for acks and alerts."""
@@ -106,16 +106,14 @@ class Ingest:
         queue is full nothing is read: the receiver's frames wait, then it stops
         reading the broker (back-pressure).
         """
-        if self.batcher.full() or self.receiver.sock is None:
+        if self.batcher.full():
             time.sleep(timeout)
             return
-        was_closed = self.receiver.closed
         frames = self.receiver.receive(timeout)
         if frames is None:
             self.connected.clear()
-            if not (was_closed or self.stopping.is_set()):
+            if not self.stopping.is_set():
                 log.error("the MQTT receiver process exited; no more messages can arrive")
-            time.sleep(timeout)
             return
         for kind, *args in frames:
             if kind == "messages":
@@ -170,7 +168,7 @@ class Ingest:
             self._throttle.warning("queue_full", "queue full: dropping QoS 0 readings")
 
     def _hand_over(self, items: list[Item], ack: Ack) -> None:
-        """Queue a QoS 1 message's readings, waiting for room; acknowledge at once if none."""
+        """Queue a QoS 1 message's readings (never dropped); acknowledge at once if none."""
         if not items:
             self.receiver.send("ack", [(ack.mid, ack.qos)])
             return

@@ -3,7 +3,7 @@
 Why a process: paho's Python costs about 30 us a message, and in the daemon's
 process it shared one interpreter lock with parsing and the engine, which made
 every part wait for the others (one-reading messages: 0.60 x a bare subscriber's
-rate; with the engine removed, still 0.79). Here paho runs alone, one thread on our
+rate; with the engine removed and its thread idle, still 0.78-0.81). Here paho runs alone, one thread on our
 own select loop (a second thread, even one waking each millisecond to flush, cost
 17% of the rate), and does nothing per message beyond paho's own work: it appends
 (route, topic, payload, mid, qos) to a batch and ships the batch to the daemon as
@@ -112,12 +112,13 @@ class Receiver:
             self.log_cfg.json,
         )
 
-    def receive(self, timeout: float | None = None) -> list[tuple] | None:
-        """The whole frames that came, waiting up to `timeout` s (None: for ever) for bytes;
-        None once the receiver has exited. One read at a time, so a caller between
-        waves reads a bounded amount."""
-        if self.closed:
-            return None
+    def receive(self, timeout: float) -> list[tuple] | None:
+        """The whole frames that came, waiting up to `timeout` s for bytes; None once, when
+        the receiver has just exited (then, like before it started, [] after `timeout`).
+        One read at a time, so a caller between waves reads a bounded amount."""
+        if self.sock is None or self.closed:
+            time.sleep(timeout)
+            return []
         if not select.select([self.sock], [], [], timeout)[0]:
             return []
         try:
@@ -146,8 +147,9 @@ class Receiver:
         """For `AlertPublisher`: published on the receiver's connection."""
         self.send("publish", topic, payload, qos)
 
-    def alive(self) -> bool:
-        return self.proc is not None and not self.closed and self.proc.poll() is None
+    def exited(self) -> bool:
+        """True once a started receiver is gone: nothing more can arrive."""
+        return self.proc is not None and (self.closed or self.proc.poll() is not None)
 
     def close(self, timeout_s: float = CLOSE_S + 1.0) -> None:
         """Disconnect cleanly after every acknowledgement sent so far; kill if it hangs."""
@@ -244,8 +246,7 @@ class Relay:
         self._tell("subscribed", refused)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.retry_at = time.monotonic() + self.delay
-        self.delay = min(self.delay * 2, self.cfg.reconnect_max_s)
+        self._back_off()
         if not (self.stopping or self.closing):
             log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
         self._tell("disconnected", str(reason_code))
@@ -304,8 +305,13 @@ class Relay:
                 e,
                 self.delay,
             )
-            self.retry_at = now + self.delay
-            self.delay = min(self.delay * 2, self.cfg.reconnect_max_s)
+            self._back_off()
+
+    def _back_off(self) -> None:
+        """The next connection attempt waits `delay`, which doubles up to reconnect_max_s
+        (and is back at reconnect_min_s after a successful connection)."""
+        self.retry_at = time.monotonic() + self.delay
+        self.delay = min(self.delay * 2, self.cfg.reconnect_max_s)
 
     def _send(self) -> None:
         try:
@@ -328,7 +334,10 @@ class Relay:
             self.gone = True
             return
         self.inbox += data
-        for kind, *args in decode(self.inbox):
+        self.dispatch(decode(self.inbox))
+
+    def dispatch(self, commands: list[tuple]) -> None:
+        for kind, *args in commands:
             getattr(self, f"_do_{kind}")(*args)
 
     # -- the daemon's commands
@@ -379,10 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(level, as_json)
     relay = Relay(MqttConfig(**mqtt_cfg), password, filters, parent)
     relay.inbox += inbox
-    for kind, *args in rest:
-        getattr(relay, f"_do_{kind}")(*args)
+    relay.dispatch(rest)
     relay.run()
-    relay.client.loop_write()
     return 0
 
 
