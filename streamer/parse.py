@@ -60,7 +60,7 @@ _SENML_KEYS = frozenset(
     {"bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"}
 )
 _NUMBERS = frozenset({float, int})  # JSON numbers (a bool is neither)
-_FLOAT = {float}
+_FLOAT = frozenset({float})
 _SENML_BASE_OR_VALUE = frozenset({"bn", "bt", "bv", "n", "v", "vs", "vb", "vd"})
 
 
