@@ -74,11 +74,10 @@ class OfflineDaemon:
     def drain(self) -> int:
         """Step every queued reading through the pipeline; the number of waves it took."""
         pipeline = self.daemon.pipeline
-        waves = 0
-        while wave := pipeline.batcher.next_wave(flush=True):
-            pipeline.process(wave)
-            waves += 1
-        return waves
+        before = pipeline.waves
+        while batch := pipeline.batcher.next_round(flush=True):
+            pipeline.process(batch)
+        return pipeline.waves - before
 
     def taken_or_dropped(self) -> int:
         """Readings the engines have accounted for: scored, warming up, or dropped by reason."""

@@ -80,9 +80,10 @@ class EngineConfig:
 class BatchConfig:
     """How readings are gathered into one model call: larger waves are cheaper per reading."""
 
-    max_size: int = 4096
+    max_size: int = 4096  # streams per wave (one model call)
     max_delay_ms: float = 5.0
     queue_size: int = 200_000
+    max_run: int = 16  # readings of one stream per round of waves
     max_payload_bytes: int = 65536
 
 
@@ -302,6 +303,7 @@ def validate(cfg: Config) -> None:
     except ConfigError as error:
         raise ConfigError(f"engine.calibration: {error}") from None
     _check(b.max_size >= 1, "batch.max_size", "must be >= 1", b.max_size)
+    _check(b.max_run >= 1, "batch.max_run", "must be >= 1", b.max_run)
     _check(0 <= b.max_delay_ms <= 1000, "batch.max_delay_ms", "must be 0..1000", b.max_delay_ms)
     _check(
         b.queue_size >= b.max_size, "batch.queue_size", "must be >= batch.max_size", b.queue_size

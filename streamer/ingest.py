@@ -99,27 +99,30 @@ class Ingest:
             self.receiver.send("ack", due)
 
     def poll(self, timeout: float) -> None:
-        """Take the frames the receiver sent, waiting up to `timeout` s for some.
+        """Take the frames the receiver sent, waiting up to `timeout` s for the first.
 
-        Called by the engine thread between waves: parsing there, not on a thread of
-        its own, keeps the two from taking turns on the interpreter lock. While the
-        queue is full nothing is read: the receiver's frames wait, then it stops
-        reading the broker (back-pressure).
+        Called by the engine thread between rounds: parsing there, not on a thread of
+        its own, keeps the two from taking turns on the interpreter lock. It reads on
+        while more is ready, until a full wave's streams wait (wide waves are what make
+        the model call cheap). While the queue is full nothing is read: the receiver's
+        frames wait, then it stops reading the broker (back-pressure).
         """
         if self.batcher.full():
             time.sleep(timeout)
             return
-        frames = self.receiver.receive(timeout)
+        while frames := self.receiver.receive(timeout):
+            for kind, *args in frames:
+                if kind == "messages":
+                    self._take_all(args[0])
+                else:
+                    self._event(kind, *args)
+            if self.batcher.full() or self.batcher.wide():
+                return
+            timeout = 0.0
         if frames is None:
             self.connected.clear()
             if not self.stopping.is_set():
                 log.error("the MQTT receiver process exited; no more messages can arrive")
-            return
-        for kind, *args in frames:
-            if kind == "messages":
-                self._take_all(args[0])
-            else:
-                self._event(kind, *args)
 
     def _event(self, kind: str, *args: object) -> None:
         if kind == "connected":
