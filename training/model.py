@@ -10,8 +10,11 @@ boundary and unpacks it into torch's layout internally:
 
 A zero row is the start state, the same as passing no state to torch.
 
-`step` is `forward` over a sequence of length one, so the ONNX file (which computes
-`step`) and training (which calls `forward` on whole windows) share one code path.
+Training calls `forward` (torch's fused kernels over whole windows); the ONNX file
+computes `step`, the same cell written out as matrix products and element-wise ops.
+onnxruntime's RNN/GRU/LSTM operators are built for sequences: at one step over a wide
+batch the written-out GRU-64 runs 1.7 times as fast (0.44 vs 0.74 us a stream at batch
+1,500). `training.export.check_parity` proves the two paths agree on every export.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 LOG_VAR_BOUND = 8.0
@@ -100,8 +104,24 @@ class StepRNN(nn.Module):
 
     def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, F], h [B, S] -> mean, log_var [B, F_out], h_next [B, S]: what the ONNX file computes."""
-        mean, log_var, h_next = self(x.unsqueeze(1), h)
-        return mean.squeeze(1), log_var.squeeze(1), h_next
+        cfg, size = self.cfg, self.cfg.hidden_size
+        parts = h.split(size, dim=1)  # h of each layer, then (LSTM) c of each layer
+        hs, cs = parts[: cfg.layers], parts[cfg.layers :]
+        new_h, new_c = [], []
+        for layer in range(cfg.layers):
+            weights = [getattr(self.rnn, f"{k}_l{layer}") for k in RNN_PARAMS]
+            if cfg.cell == "lstm":
+                x, c = _lstm_cell(x, hs[layer], cs[layer], *weights)
+                new_c.append(c)
+            elif cfg.cell == "gru":
+                x = _gru_cell(x, hs[layer], *weights)
+            else:
+                x = torch.tanh(
+                    F.linear(x, weights[0], weights[2]) + F.linear(hs[layer], *weights[1::2])
+                )
+            new_h.append(x)
+        mean, raw_log_var = self.head(x).chunk(2, dim=-1)
+        return mean, soft_clamp(raw_log_var, LOG_VAR_BOUND), torch.cat(new_h + new_c, dim=1)
 
     def _flatten(self, state: Tensor | tuple[Tensor, Tensor]) -> Tensor:
         parts = state if isinstance(state, tuple) else (state,)
@@ -113,6 +133,29 @@ class StepRNN(nn.Module):
         parts = h.reshape(h.shape[0], -1, cfg.layers, cfg.hidden_size).permute(1, 2, 0, 3)
         parts = parts.contiguous()
         return (parts[0], parts[1]) if cfg.cell == "lstm" else parts[0]
+
+
+RNN_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch's names, per layer
+
+
+def _gru_cell(
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> Tensor:
+    """torch.nn.GRU's step (gates r, z, n; the reset gate applied after the recurrent product)."""
+    i_r, i_z, i_n = F.linear(x, w_ih, b_ih).chunk(3, dim=1)
+    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+    r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (h - n)
+
+
+def _lstm_cell(
+    x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """torch.nn.LSTM's step (gates i, f, g, o): the next (h, c)."""
+    i, f, g, o = (F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def save_checkpoint(model: StepRNN, path: Path) -> None:
