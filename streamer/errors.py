@@ -20,6 +20,10 @@ class BadInput(StreamerError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self) -> tuple:
+        """Pickled by its arguments: the receiver process sends what it could not parse."""
+        return BadInput, (self.reason, self.detail)
+
 
 class ConfigError(StreamerError):
     """A configuration value is missing or invalid; the message names the key."""

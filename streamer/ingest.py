@@ -27,7 +27,7 @@ from .config import LogConfig, MqttConfig
 from .errors import BadInput, ConfigError
 from .logs import Throttle
 from .parse import Parser
-from .receiver import Message, Receiver
+from .receiver import Body, Message, Receiver
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Ingest:
         self.cfg = cfg
         self.routes = routes
         self.batcher = batcher
-        self.receiver = Receiver(cfg, [r.topic_filter for r in routes], log_cfg or LogConfig())
+        self.receiver = Receiver(cfg, [r.parser for r in routes], log_cfg or LogConfig())
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.stopping = threading.Event()
@@ -144,9 +144,9 @@ class Ingest:
                 self.errors[(route, "internal")] += 1
                 log.exception("internal error handling a message on route %s", route)
 
-    def take(self, index: int, topic: str | None, payload: bytes, mid: int, qos: int) -> None:
-        """One message: parsed into runs of readings, queued (or counted and dropped)."""
-        arrival = time.time()
+    def take(self, index: int, topic: str | None, body: Body, mid: int, qos: int) -> None:
+        """One message: parsed into runs of readings (here, or already by the receiver for a
+        large payload), queued (or counted and dropped)."""
         route = self.routes[index] if index >= 0 else None
         name = route.name if route is not None else ""
         self.messages[name] += 1
@@ -154,7 +154,12 @@ class Ingest:
         try:
             if route is None or topic is None:
                 raise BadInput("bad_topic", "the topic is not UTF-8 or matches no route")
-            runs = route.parser.parse(topic, payload, arrival)
+            if type(body) is bytes:
+                runs = route.parser.parse(topic, body, time.time())
+            elif type(body) is list:
+                runs = body
+            else:
+                raise body
         except BadInput as e:
             self.errors[(name, e.reason)] += 1
             self._throttle.warning(f"{name}/{e.reason}", "route %s: bad message (%s)", name, e)

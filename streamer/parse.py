@@ -33,6 +33,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -64,9 +65,10 @@ _FLOAT = frozenset({float})
 _SENML_BASE_OR_VALUE = frozenset({"bn", "bt", "bv", "n", "v", "vs", "vb", "vd"})
 
 
-@dataclass(slots=True)
-class Run:
-    """One stream's readings from one message, oldest first: columns, not an object per reading."""
+class Run(NamedTuple):
+    """One stream's readings from one message, oldest first: columns, not an object per reading.
+
+    A tuple, because runs parsed in the receiver process are pickled to the daemon."""
 
     stream: str
     ts: list[float]  # epoch seconds; the arrival time when the payload carries none
@@ -382,6 +384,10 @@ class Parser:
             "array": self._array_body,
             "senml": self._senml_body,
         }[spec.format]
+
+    def __reduce__(self) -> tuple:
+        """Pickled by its configuration (it holds bound methods): the receiver process gets one."""
+        return Parser, (self.template, self.spec)
 
     def parse(self, topic: str, payload: bytes, arrival: float) -> list[Run]:
         """Readings in `payload` for the stream named by `topic`; `arrival` is trusted epoch seconds."""

@@ -5,10 +5,16 @@ process it shared one interpreter lock with parsing and the engine, which made
 every part wait for the others (one-reading messages: 0.60 x a bare subscriber's
 rate; with the engine removed and its thread idle, still 0.78-0.81). Here paho runs alone, one thread on our
 own select loop (a second thread, even one waking each millisecond to flush, cost
-17% of the rate), and does nothing per message beyond paho's own work: it appends
-(route, topic, payload, mid, qos) to a batch and ships the batch to the daemon as
-one frame when the socket has no more to read, when it holds BATCH_MAX messages or
-when its oldest waited BATCH_AGE_S.
+17% of the rate). Per message it appends (route, topic, body, mid, qos) to a batch
+and ships the batch to the daemon as one frame when the socket has no more to read,
+when it holds BATCH_MAX messages or when its oldest waited BATCH_AGE_S.
+
+The body is the payload as it came, or, for a payload of PARSE_FROM_BYTES or more,
+what the route's parser made of it (its runs of readings, or the BadInput it
+raised). A small payload is one or a few readings, and here paho's per-message cost
+is the bound, so it goes on as it is; a large one is many readings, and then the
+engine thread is the bound, so its per-reading parsing is better done here, on
+the other core.
 
 The daemon talks back on the same socket pair: acknowledgements of QoS 1 messages
 once their readings are stepped, alerts to publish, unsubscribe, close.
@@ -43,6 +49,8 @@ import paho.mqtt.client as mqtt
 from . import logs
 from .client import connect, make_client, read_password
 from .config import LogConfig, MqttConfig
+from .errors import BadInput
+from .parse import Parser, Run
 
 log = logging.getLogger("streamer.receiver")  # run as __main__ in its process
 
@@ -51,11 +59,13 @@ BATCH_AGE_S = 0.002  # under a steady flow, the longest a message waits for its 
 BACKLOG_BYTES = 8 << 20  # frames the daemon has not read yet; beyond it the broker waits
 MISC_S = 0.5  # keep-alive and reconnect checks at least this often
 CLOSE_S = 5.0  # after close, the longest the relay waits to send the broker what it has
+PARSE_FROM_BYTES = 512  # a payload this large (about ten readings or more) is parsed here
 HEADER = struct.Struct("<I")
 
 # A message as it travels: (route index or -1 when no route matched, topic (None when
-# not UTF-8), payload, mid, qos).
-Message = tuple[int, str | None, bytes, int, int]
+# not UTF-8), body (the payload, or what the receiver parsed it into), mid, qos).
+Body = bytes | list[Run] | BadInput
+Message = tuple[int, str | None, Body, int, int]
 
 
 def encode(frame: tuple) -> bytes:
@@ -84,9 +94,9 @@ class Receiver:
     from the main thread); one lock keeps frames whole.
     """
 
-    def __init__(self, cfg: MqttConfig, filters: list[str], log_cfg: LogConfig) -> None:
+    def __init__(self, cfg: MqttConfig, parsers: list[Parser], log_cfg: LogConfig) -> None:
         self.cfg = cfg
-        self.filters = filters
+        self.parsers = parsers  # one per route, in route order; each subscribes its topic filter
         self.log_cfg = log_cfg
         self.password = read_password(cfg)  # now: the environment may change before start()
         self.proc: subprocess.Popen | None = None
@@ -107,7 +117,7 @@ class Receiver:
             "start",
             dataclasses.asdict(self.cfg),
             self.password,
-            self.filters,
+            self.parsers,
             self.log_cfg.level,
             self.log_cfg.json,
         )
@@ -169,10 +179,11 @@ class Relay:
     """The receiver process: one paho client, one thread, one select loop."""
 
     def __init__(
-        self, cfg: MqttConfig, password: str | None, filters: list[str], parent: socket.socket
+        self, cfg: MqttConfig, password: str | None, parsers: list[Parser], parent: socket.socket
     ) -> None:
         self.cfg = cfg
-        self.filters = filters
+        self.parsers = parsers
+        self.filters = [p.template.topic_filter for p in parsers]
         self.parent = parent
         parent.setblocking(False)
         self.batch: list[Message] = []
@@ -182,7 +193,7 @@ class Relay:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
-        for index, topic_filter in enumerate(filters):
+        for index, topic_filter in enumerate(self.filters):
             self.client.message_callback_add(topic_filter, self._forwarder(index))
         self.client.on_message = self._forwarder(-1)
         self.out = bytearray()  # frames for the daemon, not sent yet
@@ -198,6 +209,7 @@ class Relay:
 
     def _forwarder(self, route: int):
         batch = self.batch
+        parser = self.parsers[route] if route >= 0 else None
 
         def on_message(client, userdata, msg: mqtt.MQTTMessage) -> None:
             if not batch:
@@ -206,7 +218,10 @@ class Relay:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = None
-            batch.append((route, topic, msg.payload, msg.mid, msg.qos))
+            body: Body = msg.payload
+            if len(body) >= PARSE_FROM_BYTES and parser is not None and topic is not None:
+                body = _parse(parser, topic, body)
+            batch.append((route, topic, body, msg.mid, msg.qos))
             if len(batch) >= BATCH_MAX:
                 self._flush()
 
@@ -365,6 +380,17 @@ class Relay:
             self.client.disconnect()
 
 
+def _parse(parser: Parser, topic: str, payload: bytes) -> Body:
+    """The payload's runs, or the BadInput it raised; the payload itself if parsing failed
+    unexpectedly (the daemon parses it again, and counts and logs the failure)."""
+    try:
+        return parser.parse(topic, payload, time.time())
+    except BadInput as e:
+        return e
+    except Exception:
+        return payload
+
+
 def _tls_pending(sock: Any) -> bool:
     """Bytes TLS already decrypted: select() cannot see them, so they are read without waiting."""
     pending = getattr(sock, "pending", None)
@@ -382,11 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         if not data:
             return 1
         inbox += data
-    (kind, mqtt_cfg, password, filters, level, as_json), *rest = frames
+    (kind, mqtt_cfg, password, parsers, level, as_json), *rest = frames
     if kind != "start":
         return 1
     logs.setup(level, as_json)
-    relay = Relay(MqttConfig(**mqtt_cfg), password, filters, parent)
+    relay = Relay(MqttConfig(**mqtt_cfg), password, parsers, parent)
     relay.inbox += inbox
     relay.dispatch(rest)
     relay.run()

@@ -13,10 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from streamer import config
 from streamer.app import Daemon
 from streamer.config import LogConfig, MqttConfig
-from streamer.receiver import Receiver, decode, encode
+from streamer.errors import BadInput
+from streamer.parse import Parser, PayloadSpec, TopicTemplate
+from streamer.receiver import PARSE_FROM_BYTES, Receiver, decode, encode
 
 frames = st.lists(
     st.tuples(st.text(max_size=8), st.lists(st.integers() | st.binary(max_size=40), max_size=5)),
@@ -36,12 +37,12 @@ def test_frames_come_out_whole_and_in_order_however_the_bytes_are_cut(frames, cu
     assert not buffer
 
 
-def _publish(port: int, n: int) -> None:
+def _publish(port: int, n: int, payload=lambda i: str(i).encode()) -> None:
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pub", protocol=mqtt.MQTTv5)
     pub.connect("127.0.0.1", port)
     pub.loop_start()
     for i in range(n):
-        pub.publish(f"sensors/s{i}", str(i).encode(), qos=1).wait_for_publish(5)
+        pub.publish(f"sensors/s{i}", payload(i), qos=1).wait_for_publish(5)
     pub.disconnect()
     pub.loop_stop()
 
@@ -76,9 +77,13 @@ def _events(receiver: Receiver, kind: str) -> list[tuple]:
     raise AssertionError(f"the receiver exited without {kind!r}: {seen}")
 
 
+def _parser(pattern: str = "sensors/{id}") -> Parser:
+    return Parser(TopicTemplate(pattern), PayloadSpec())
+
+
 def _receiver(port: int) -> Receiver:
     cfg = MqttConfig(port=port, client_id="receiver-test", qos=1)
-    r = Receiver(cfg, ["sensors/+"], LogConfig(level="warning"))
+    r = Receiver(cfg, [_parser()], LogConfig(level="warning"))
     r.start()
     return r
 
@@ -100,6 +105,24 @@ def test_only_unacknowledged_messages_are_delivered_again(broker):
     again = _receive(second, 5)
     assert [payload for _, _, payload, _, _ in again] == [str(i).encode() for i in range(15, 20)]
     second.close()
+
+
+def test_large_payloads_arrive_parsed_small_ones_as_they_came(broker):
+    """Many readings are parsed in the receiver (off the engine thread), one is not."""
+    reading = b'{"value": 1.5, "ts": 1700000000.25}'
+    n = PARSE_FROM_BYTES // len(reading) + 1
+    array = b"[" + b",".join([reading] * n) + b"]"
+    payloads = [reading, array, b"[" + b"x" * PARSE_FROM_BYTES + b"]"]
+    r = _receiver(broker.port)
+    _events(r, "subscribed")
+    threading.Thread(target=_publish, args=(broker.port, 3, payloads.__getitem__)).start()
+    small, large, bad = (body for _, _, body, _, _ in _receive(r, 3))
+    r.close()
+    assert small == reading
+    assert [(run.stream, run.ts, run.values) for run in large] == [
+        ("s1", [1700000000.25] * n, [(1.5,)] * n)
+    ]
+    assert type(bad) is BadInput and bad.reason == "bad_json"
 
 
 def test_signals_to_the_process_group_leave_it_to_the_daemon_and_a_gone_daemon_ends_it(broker):
@@ -132,6 +155,6 @@ def test_a_daemon_whose_receiver_died_is_not_ready_and_exits_with_failure(broker
 
 def test_the_receiver_takes_the_password_read_when_the_daemon_was_built(broker, monkeypatch):
     monkeypatch.setenv("STREAMER_MQTT_PASSWORD", "first")
-    r = Receiver(MqttConfig(port=broker.port, username="u"), ["a/#"], config.LogConfig())
+    r = Receiver(MqttConfig(port=broker.port, username="u"), [_parser("a/{rest+}")], LogConfig())
     monkeypatch.setenv("STREAMER_MQTT_PASSWORD", "second")
     assert r.password == "first"
