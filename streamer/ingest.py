@@ -168,7 +168,7 @@ class Ingest:
             return
         # Every reading has the route's channels: the parser gives it one value per value
         # field, and `make_route` checks the fields against the model at start and reload.
-        items = [Item(index, r.stream, r.ts, r.values, ack) for r in runs]
+        items = [Item(index, stream, ts, values, ack) for stream, ts, values in runs]
         if ack is not None:
             self._hand_over(items, ack)
         elif not self.batcher.offer(items):

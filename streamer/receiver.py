@@ -50,7 +50,7 @@ from . import logs
 from .client import connect, make_client, read_password
 from .config import LogConfig, MqttConfig
 from .errors import BadInput
-from .parse import Parser, Run
+from .parse import Parser
 
 log = logging.getLogger("streamer.receiver")  # run as __main__ in its process
 
@@ -64,7 +64,7 @@ HEADER = struct.Struct("<I")
 
 # A message as it travels: (route index or -1 when no route matched, topic (None when
 # not UTF-8), body (the payload, or what the receiver parsed it into), mid, qos).
-Body = bytes | list[Run] | BadInput
+Body = bytes | list[tuple[str, list[float], list[tuple[float, ...]]]] | BadInput  # a Run's fields
 Message = tuple[int, str | None, Body, int, int]
 
 
@@ -381,10 +381,14 @@ class Relay:
 
 
 def _parse(parser: Parser, topic: str, payload: bytes) -> Body:
-    """The payload's runs, or the BadInput it raised; the payload itself if parsing failed
-    unexpectedly (the daemon parses it again, and counts and logs the failure)."""
+    """The payload's runs as plain tuples, or the BadInput it raised; the payload itself if
+    parsing failed unexpectedly (the daemon parses it again, and counts and logs the failure).
+
+    Plain tuples, because a NamedTuple is pickled through its class: 6 times the cost
+    (80 vs 14 us to pickle 100 one-reading runs of a SenML pack).
+    """
     try:
-        return parser.parse(topic, payload, time.time())
+        return [tuple(run) for run in parser.parse(topic, payload, time.time())]
     except BadInput as e:
         return e
     except Exception:
