@@ -1,8 +1,8 @@
 """From a stream of readings to rounds of waves: each stream at most once per wave, in order.
 
 Ingest queues a message's runs (one stream's readings each, in order) in one FIFO of
-runs per stream; a round takes up to `max_run` consecutive readings of the next run of
-up to `max_size` streams, and is stepped as waves: wave j holds reading j of every
+runs per stream; a round takes up to `max_run` consecutive readings (across its runs)
+of each of up to `max_size` streams, and is stepped as waves: wave j holds reading j of every
 stream that has one. Both happen on the engine thread, which reads the receiver's
 frames between rounds.
 
@@ -166,29 +166,36 @@ class Batcher:
             self._due = now + self.max_delay_s
         if not flush and not self.wide() and now < self._due:
             return out
-        pending, run, gathers = self._pending, self.max_run, {}
+        pending, run, finished = self._pending, self.max_run, out.finished
+        gathers: dict[int, _Gather] = {}
+        route, g = -1, _Gather()
         taken = 0
         for key in list(islice(pending, self.max_size)):
             fifo = pending.pop(key)
-            item = fifo[0]
-            i, end = item.taken, len(item.ts)
-            j = min(i + run, end)
-            g = gathers.get(item.route)
-            if g is None:
-                g = gathers[item.route] = _Gather()
-            g.streams.append(item.stream)
-            g.counts.append(j - i)
-            if j == i + 1:  # one reading: the common case of one-reading messages
-                g.ts.append(item.ts[i])
-                g.values.append(item.values[i])
-            else:
-                g.ts.extend(item.ts[i:j])
-                g.values.extend(item.values[i:j])
-            item.taken = j
-            taken += j - i
-            if j == end:
+            if key[0] != route:
+                route = key[0]
+                g = gathers.get(route) or gathers.setdefault(route, _Gather())
+            n = 0  # readings of this stream in this round, across its runs
+            while fifo and n < run:
+                item = fifo[0]
+                i, end = item.taken, len(item.ts)
+                if end - i == 1:  # one reading: one-reading messages, SenML packs
+                    g.ts.append(item.ts[i])
+                    g.values.append(item.values[i])
+                    j = end
+                else:
+                    j = min(i + run - n, end)
+                    g.ts.extend(item.ts[i:j])
+                    g.values.extend(item.values[i:j])
+                n += j - i
+                item.taken = j
+                if j < end:
+                    break
                 fifo.popleft()
-                out.finished.append(item)
+                finished.append(item)
+            g.streams.append(key[1])
+            g.counts.append(n)
+            taken += n
             if fifo:
                 pending[key] = fifo  # to the back of the line: no stream starves another
         out.blocks = {route: g.block() for route, g in gathers.items()}

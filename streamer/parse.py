@@ -33,6 +33,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
@@ -63,6 +64,9 @@ _SENML_KEYS = frozenset(
 _NUMBERS = frozenset({float, int})  # JSON numbers (a bool is neither)
 _FLOAT = frozenset({float})
 _SENML_BASE_OR_VALUE = frozenset({"bn", "bt", "bv", "n", "v", "vs", "vb", "vd"})
+_SENML_PLAIN = frozenset({"n", "v", "u"})  # a record of a pack of one reading per sensor
+_SENML_PLAIN_FIRST = _SENML_PLAIN | {"bn", "bt", "bu", "bver"}
+_STR = frozenset({str})
 
 
 class Run(NamedTuple):
@@ -512,15 +516,71 @@ class Parser:
             )
 
     def _senml(self, stream: str, pack: object, arrival: float) -> list[Run]:
+        if type(pack) is not list:
+            raise BadInput("bad_senml", f"a pack is an array, not {type(pack).__name__}")
+        self._check_count(pack)
+        return self._senml_columns(stream, pack, arrival) or self._senml_records(
+            stream, pack, arrival
+        )
+
+    def _senml_columns(self, stream: str, pack: list, arrival: float) -> list[Run] | None:
+        """A pack of one reading per sensor, read a field at a time: what `_senml_records`
+        gives for it, or None.
+
+        None (then each record is resolved on its own, and errors are named) for
+        anything but the shape a device reporting its sensors sends: base name and time
+        only in the first record, then every record a distinct "n" and a numeric "v".
+        As for arrays, C-level passes over the pack instead of a Python loop over its
+        records are what make a pack cost a fraction of as many single messages.
+        """
+        first = pack[0]
+        if type(first) is not dict or not _SENML_PLAIN_FIRST.issuperset(first):
+            return None
+        try:
+            if not all(map(_SENML_PLAIN.issuperset, islice(pack, 1, None))):
+                return None
+            names = [record["n"] for record in pack]
+            values = [record["v"] for record in pack]
+        except (KeyError, TypeError):  # a record that is not an object, or lacks n or v
+            return None
+        base_name, base_time = first.get("bn", ""), first.get("bt", 0.0)
+        if (
+            set(map(type, names)) != _STR
+            or type(base_name) is not str
+            or type(base_time) not in _NUMBERS
+            or len(set(names)) != len(names)
+            or (not base_name and "" in names)  # that record's stream is the topic's
+        ):
+            return None
+        kinds = set(map(type, values))
+        try:
+            base_time = float(base_time)
+            if kinds != _FLOAT:
+                if not _NUMBERS.issuperset(kinds):
+                    return None
+                values = list(map(float, values))
+        except OverflowError:  # a huge integer: the records say what becomes of it
+            return None
+        ts = arrival + base_time if base_time < SENML_RELATIVE_BELOW else base_time
+        prefix = f"{stream}/{base_name}"
+        if (
+            not MIN_TS <= ts <= MAX_TS  # also false for NaN
+            or len(prefix) + max(map(len, names)) > MAX_STREAM_ID
+            or _BAD_ID_CHAR.search(prefix)
+            or _BAD_ID_CHAR.search("".join(names))  # a character class: each, or all joined
+        ):
+            return None
+        return [
+            Run(prefix + name, [ts], [(value,)]) for name, value in zip(names, values, strict=True)
+        ]
+
+    def _senml_records(self, stream: str, pack: list, arrival: float) -> list[Run]:
         """RFC 8428 resolution: base name/time/value carry forward to the records after them.
 
         Records without "v" (string, boolean and data values) are skipped, since the model
         only reads numbers, but a pack must yield at least one reading. One run per name,
         in the order of their first records.
         """
-        if type(pack) is not list:
-            raise BadInput("bad_senml", f"a pack is an array, not {type(pack).__name__}")
-        self._check_count(pack)
         base_name, base_time, base_value = "", 0.0, 0.0
         runs: dict[str, Run] = {}
         for record in pack:

@@ -544,3 +544,60 @@ def test_an_array_of_objects_reads_as_its_objects_one_by_one(objects, unit):
     errors = [r for r in singles if isinstance(r, str)]
     expected = errors[0] if errors else [r for rs in singles for r in rs]
     assert repr(outcome(objects)) == repr(expected)  # repr: a NaN value equals itself
+
+
+# Mostly the plain shape (which the columns read), sometimes something they must refuse.
+SENML_NAMES = st.text(alphabet="abcdef", min_size=2, max_size=3)
+SENML_ODD_NAMES = st.text(alphabet="a+\x00") | st.integers()
+SENML_PLAIN = st.fixed_dictionaries({"n": SENML_NAMES, "v": FINITE | st.integers(-5, 5)})
+SENML_ODD = st.fixed_dictionaries(
+    {"n": SENML_NAMES | SENML_ODD_NAMES, "v": NUMBER_LIKE},
+    optional={"t": st.floats(0, 5), "u": st.just("Cel"), "bv": FINITE},
+)
+SENML_BASE = st.fixed_dictionaries(
+    {},
+    optional={
+        "bn": st.sampled_from(["dev/", "dev/", "dev/", "", "x+", 7]),
+        "bt": st.one_of(
+            TS, TS, st.floats(0, 10), st.integers(int(MIN_TS), int(MAX_TS)), NUMBER_LIKE
+        ),
+        "bver": st.just(10),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=SENML_BASE,
+    records=st.lists(SENML_PLAIN, min_size=1, max_size=8),
+    odd=st.none() | st.tuples(st.integers(0, 7), SENML_ODD),
+    drop_v=st.integers(0, 5).map(lambda i: i == 0),
+)
+def test_a_senml_pack_read_by_columns_reads_as_its_records_one_by_one(base, records, odd, drop_v):
+    """Packs of one reading per sensor are read a field at a time when they can be; the
+    result must not show it."""
+    parser = make("sensors/{device}")
+    if odd is not None:
+        records[odd[0] % len(records)] = odd[1]
+    pack = [{**base, **records[0]}, *records[1:]]
+    if drop_v:
+        pack[-1].pop("v")
+
+    def outcome(read) -> list[Reading] | str:
+        try:
+            runs = read("sensors/d1", pack, ARRIVAL)
+        except BadInput as e:
+            return e.reason
+        # 0.0 +: the records add the base value (0.0 by default), which turns -0.0 into 0.0
+        return [(s, t, tuple(0.0 + v for v in vs)) for s, t, vs in readings(runs)]
+
+    assert repr(outcome(parser._senml)) == repr(outcome(parser._senml_records))
+
+
+def test_a_pack_of_one_reading_per_sensor_is_read_by_columns():
+    pack = [{"bn": "dev/", "bt": 1_700_000_000, "n": "t", "v": 21}, {"n": "h", "v": 0.5}]
+    runs = make("sensors/{device}")._senml_columns("d1", pack, ARRIVAL)
+    assert runs == [
+        Run("d1/dev/t", [1_700_000_000.0], [(21.0,)]),
+        Run("d1/dev/h", [1_700_000_000.0], [(0.5,)]),
+    ]
