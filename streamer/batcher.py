@@ -66,7 +66,7 @@ class Block:
     def waves(self) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
         """(streams, ts, values) of each wave, in order."""
         counts, starts = self.counts, self.starts
-        for j in range(int(counts[0]) if len(counts) else 0):
+        for j in range(int(counts[0])):  # a block has at least one stream
             n = len(counts) if j == 0 else int(np.count_nonzero(counts > j))
             at = starts[:n] + j
             yield self.streams[:n], self.ts[at], self.values[at]
@@ -168,13 +168,13 @@ class Batcher:
             return out
         pending, run, finished = self._pending, self.max_run, out.finished
         gathers: dict[int, _Gather] = {}
-        route, g = -1, _Gather()
+        route, g = -1, None
         taken = 0
         for key in list(islice(pending, self.max_size)):
             fifo = pending.pop(key)
             if key[0] != route:
                 route = key[0]
-                g = gathers.get(route) or gathers.setdefault(route, _Gather())
+                g = gathers.setdefault(route, _Gather())
             n = 0  # readings of this stream in this round, across its runs
             while fifo and n < run:
                 item = fifo[0]

@@ -32,7 +32,6 @@ last acknowledgements, or when the daemon is gone (its socket reads end of file)
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import pickle
 import select
@@ -43,8 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -63,7 +61,6 @@ MISC_S = 0.5  # keep-alive and reconnect checks at least this often
 CLOSE_S = 5.0  # after close, the longest the relay waits to send the broker what it has
 PARSE_FROM_BYTES = 512  # a payload this large (about ten readings or more) is parsed here
 HEADER = struct.Struct("<I")
-T = TypeVar("T")
 
 # A message as it travels: (route index or -1 when no route matched, topic (None when
 # not UTF-8), body (the payload, or what the receiver parsed it into), mid, qos).
@@ -142,7 +139,7 @@ class Receiver:
             self.closed = True
             return None
         self._inbox += data
-        return _without_collection(decode, self._inbox)
+        return decode(self._inbox)
 
     def send(self, kind: str, *args: Any) -> bool:
         """False when the receiver is not running (`receive` notices its exit)."""
@@ -396,21 +393,6 @@ def _parse(parser: Parser, topic: str, payload: bytes) -> Body:
         return e
     except Exception:
         return payload
-
-
-def _without_collection(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` with the cyclic garbage collector paused: for unpickling frames, which
-    allocates up to hundreds of thousands of small lists and tuples at once (none in a
-    cycle). With the collector on, it ran dozens of young collections, and older ones
-    over everything queued, in the middle of it: a frame of 512 SenML packs took 54-79 ms
-    to decode against 38 ms paused (one collection of the new objects afterwards)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return fn(*args)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _tls_pending(sock: Any) -> bool:
