@@ -27,7 +27,7 @@ from .config import LogConfig, MqttConfig
 from .errors import BadInput, ConfigError
 from .logs import Throttle
 from .parse import Parser
-from .receiver import Body, Message, Receiver
+from .receiver import Body, Message, Receiver, unpack
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,12 @@ class Ingest:
             return
         # Every reading has the route's channels: the parser gives it one value per value
         # field, and `make_route` checks the fields against the model at start and reload.
-        items = [Item(index, stream, ts, values, ack) for stream, ts, values in runs]
+        items = [
+            Item(index, stream, ts, values, ack)
+            if type(ts) is list
+            else Item(index, stream, *unpack(ts, values), ack)
+            for stream, ts, values in runs
+        ]
         if ack is not None:
             self._hand_over(items, ack)
         elif not self.batcher.offer(items):

@@ -42,8 +42,11 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from . import logs
@@ -60,11 +63,17 @@ BACKLOG_BYTES = 8 << 20  # frames the daemon has not read yet; beyond it the bro
 MISC_S = 0.5  # keep-alive and reconnect checks at least this often
 CLOSE_S = 5.0  # after close, the longest the relay waits to send the broker what it has
 PARSE_FROM_BYTES = 512  # a payload this large (about ten readings or more) is parsed here
+PACK_FROM_READINGS = 8  # a parsed run this long travels as float64 bytes, not Python floats
 HEADER = struct.Struct("<I")
 
 # A message as it travels: (route index or -1 when no route matched, topic (None when
 # not UTF-8), body (the payload, or what the receiver parsed it into), mid, qos).
-Body = bytes | list[tuple[str, list[float], list[tuple[float, ...]]]] | BadInput  # a Run's fields
+# A parsed run is a Run's fields; a long one's times and values as float64 bytes (`pack`).
+Body = (
+    bytes
+    | list[tuple[str, list[float], list[tuple[float, ...]]] | tuple[str, bytes, bytes]]
+    | BadInput
+)
 Message = tuple[int, str | None, Body, int, int]
 
 
@@ -388,11 +397,26 @@ def _parse(parser: Parser, topic: str, payload: bytes) -> Body:
     (80 vs 14 us to pickle 100 one-reading runs of a SenML pack).
     """
     try:
-        return [tuple(run) for run in parser.parse(topic, payload, time.time())]
+        return [pack(*run) for run in parser.parse(topic, payload, time.time())]
     except BadInput as e:
         return e
     except Exception:
         return payload
+
+
+def pack(stream: str, ts: list[float], values: list[tuple[float, ...]]) -> tuple:
+    """A run as it travels. A long one's times and values go as float64 bytes: the engine
+    thread unpickles two objects instead of one per time, value and reading (an array of
+    100 readings: 12 -> 0.6 us), and steps them as numpy views (`ingest.columns`)."""
+    if len(ts) < PACK_FROM_READINGS:
+        return (stream, ts, values)
+    return (stream, array("d", ts).tobytes(), array("d", chain.from_iterable(values)).tobytes())
+
+
+def unpack(ts: bytes, values: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """A packed run's times [n] and values [n, channels], read-only views of the bytes."""
+    times = np.frombuffer(ts)
+    return times, np.frombuffer(values).reshape(len(times), -1)
 
 
 def _tls_pending(sock: Any) -> bool:

@@ -12,11 +12,13 @@ def items(streams: list[str]) -> list[Item]:
     return [Item(0, s, [float(i)], [(float(i),)]) for i, s in enumerate(streams)]
 
 
-def run(stream: str, start: int, n: int, route: int = 0) -> Item:
-    """One message's `n` readings of `stream`, numbered from `start` (ts and value alike)."""
-    return Item(
-        route, stream, [float(start + i) for i in range(n)], [(float(start + i),) for i in range(n)]
-    )
+def run(stream: str, start: int, n: int, route: int = 0, packed: bool = False) -> Item:
+    """One message's `n` readings of `stream`, numbered from `start` (ts and value alike);
+    `packed`: as numpy columns, the way a long run parsed in the receiver arrives."""
+    ts = [float(start + i) for i in range(n)]
+    if packed:
+        return Item(route, stream, np.array(ts), np.array(ts)[:, None])
+    return Item(route, stream, ts, [(t,) for t in ts])
 
 
 def drain(b: Batcher) -> list[Round]:
@@ -39,17 +41,19 @@ def waves(batch: Round) -> list[list[tuple[int, str, float, float]]]:
 
 @given(
     st.lists(
-        st.tuples(st.integers(0, 1), st.sampled_from("abcdefg"), st.integers(1, 9)), max_size=60
+        st.tuples(st.integers(0, 1), st.sampled_from("abcdefg"), st.integers(1, 9), st.booleans()),
+        max_size=60,
     ),
     st.integers(min_value=1, max_value=5),
     st.integers(min_value=1, max_value=4),
 )
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 def test_rounds_keep_order_and_take_each_stream_once_a_wave(runs, max_size, max_run):
+    """Whatever mix of list runs and packed (numpy) runs is queued."""
     b = Batcher(max_size=max_size, max_delay_s=0.0, capacity=1000, max_run=max_run)
     offered, start = [], 0
-    for route, stream, n in runs:
-        offered.append(run(stream, start, n, route))
+    for route, stream, n, packed in runs:
+        offered.append(run(stream, start, n, route, packed))
         start += n
     assert b.offer(offered)
     assert b.depth() == start
@@ -66,7 +70,7 @@ def test_rounds_keep_order_and_take_each_stream_once_a_wave(runs, max_size, max_
     # every reading once, its value still with its ts
     assert sorted(ts for *_, ts, _ in out) == list(range(start))
     assert all(ts == v for *_, ts, v in out)
-    for key in {(route, s) for route, s, _ in runs}:
+    for key in {(route, s) for route, s, _, _ in runs}:
         ts = [t for route, s, t, _ in out if (route, s) == key]
         assert ts == sorted(ts)
     # each run is finished once, in the round of its last reading

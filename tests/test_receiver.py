@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import paho.mqtt.client as mqtt
 from conftest import daemon_config, wait_until
 from hypothesis import given
@@ -17,7 +18,15 @@ from streamer.app import Daemon
 from streamer.config import LogConfig, MqttConfig
 from streamer.errors import BadInput
 from streamer.parse import Parser, PayloadSpec, TopicTemplate
-from streamer.receiver import PARSE_FROM_BYTES, Receiver, decode, encode
+from streamer.receiver import (
+    PACK_FROM_READINGS,
+    PARSE_FROM_BYTES,
+    Receiver,
+    decode,
+    encode,
+    pack,
+    unpack,
+)
 
 frames = st.lists(
     st.tuples(st.text(max_size=8), st.lists(st.integers() | st.binary(max_size=40), max_size=5)),
@@ -35,6 +44,30 @@ def test_frames_come_out_whole_and_in_order_however_the_bytes_are_cut(frames, cu
         got += decode(buffer)
     assert got == frames
     assert not buffer
+
+
+finite = st.floats(allow_nan=False)
+
+
+@given(
+    n=st.integers(0, 3 * PACK_FROM_READINGS),
+    channels=st.integers(1, 3),
+    data=st.data(),
+)
+def test_a_run_travels_packed_or_as_it_is_and_reads_back_the_same(n, channels, data):
+    """Times and values (NaN and infinities too) come back bit for bit, in shape [n, channels]."""
+    ts = data.draw(st.lists(finite, min_size=n, max_size=n))
+    value = st.floats() | st.sampled_from([float("nan"), float("inf"), -0.0])
+    values = data.draw(st.lists(st.tuples(*[value] * channels), min_size=n, max_size=n))
+    stream, *columns = decode(bytearray(encode(pack("s", ts, values))))[0]
+    assert stream == "s"
+    if n < PACK_FROM_READINGS:
+        assert repr(columns) == repr([ts, values])  # repr: NaN is not equal to itself
+        return
+    got_ts, got_values = unpack(*columns)
+    assert got_values.shape == (n, channels)
+    assert got_ts.tobytes() == np.array(ts, np.float64).tobytes()
+    assert got_values.tobytes() == np.array(values, np.float64).reshape(n, channels).tobytes()
 
 
 def _publish(port: int, n: int, payload=lambda i: str(i).encode()) -> None:
@@ -119,7 +152,10 @@ def test_large_payloads_arrive_parsed_small_ones_as_they_came(broker):
     small, large, bad = (body for _, _, body, _, _ in _receive(r, 3))
     r.close()
     assert small == reading
-    assert large == [("s1", [1700000000.25] * n, [(1.5,)] * n)]
+    [(stream, ts, values)] = large  # packed: float64 bytes, read back as numpy views
+    assert stream == "s1"
+    ts, values = unpack(ts, values)
+    assert ts.tolist() == [1700000000.25] * n and values.tolist() == [[1.5]] * n
     assert type(bad) is BadInput and bad.reason == "bad_json"
 
 
