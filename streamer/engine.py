@@ -20,6 +20,7 @@ from .model import StepModel
 from .normalize import Scale
 from .score import hysteresis, surprise
 from .state import StateStore
+from .waveops import every, scatter, some
 
 # Readings by result: what /metrics shows as streamer_readings_total{result=...}.
 TAKEN = ("scored", "warmup")
@@ -123,7 +124,7 @@ class StreamEngine:
         values = np.asarray(values, np.float64).reshape(len(ids), self.channels)
         # Beyond float32's range a value is as useless as inf (and would overflow the statistics).
         in_range, ts_finite = np.abs(values) <= FLOAT32_MAX, np.isfinite(ts)
-        if not (in_range.all() and ts_finite.all()):  # whole-array checks first: the common case
+        if not (every(in_range) and every(ts_finite)):  # whole-array checks first: the common case
             finite = in_range.all(axis=1) & ts_finite
             ids, ts, values = self._keep(finite, "not_finite", ids, ts, values)
 
@@ -131,7 +132,7 @@ class StreamEngine:
         rows, _ = store.lookup(ids)
         dt = ts - store.last_ts.take(rows)
         stale = dt <= 0  # NaN (a stream's first reading) is fresh
-        if stale.any():
+        if some(stale):
             fresh = ~stale
             self.counts["out_of_order"] += int((dt < 0).sum())
             self.counts["duplicate"] += int((dt == 0).sum())
@@ -143,7 +144,7 @@ class StreamEngine:
             has,
             store.pred_mean.take(rows, axis=0),
             store.pred_log_var.take(rows, axis=0),
-            bool(has.all()),
+            every(has),
         )
         scale = store.normalizer.scale(rows)
         z = store.normalizer.step(rows, values, scale)
@@ -165,13 +166,13 @@ class StreamEngine:
         x = np.concatenate([z, gap[:, None]], axis=1)
         mean, log_var, h_next = self.model.step(x, store.h.take(rows, axis=0))
         store.h[rows] = h_next
-        store.pred_mean[rows] = mean
-        store.pred_log_var[rows] = log_var
+        scatter(store.pred_mean, rows, mean)
+        scatter(store.pred_log_var, rows, log_var)
         if not prior.complete:
             store.has_pred[rows] = True
         store.last_ts[rows] = ts
         store.seen[rows] = seen
-        store.value[rows] = values
+        scatter(store.value, rows, values)
         store.raw[rows] = raw
         store.score[rows] = score
         store.contrib[rows] = contrib
@@ -195,7 +196,7 @@ class StreamEngine:
         """After a long silence the old context misleads more than it helps: start the state afresh."""
         period = self.store.gaps.period(rows)
         gone = dt > self.settings.gap_reset * period  # NaN (no period yet) compares False
-        if gone.any():
+        if some(gone):
             reset = rows[gone]
             self.store.h[reset] = 0.0
             self.store.has_pred[reset] = False
@@ -236,8 +237,8 @@ class StreamEngine:
             has = prior.has[:, None]
             expected = np.where(has, expected, values)
             band = np.where(has, band, 0.0)
-        self.store.expected[rows] = expected
-        self.store.band[rows] = band
+        scatter(self.store.expected, rows, expected)
+        scatter(self.store.band, rows, band)
 
 
 def _take(seq, mask: np.ndarray):

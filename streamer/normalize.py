@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .waveops import every, scatter, some
+
 
 @dataclass(frozen=True)
 class NormalizerConfig:
@@ -100,7 +102,7 @@ class Normalizer:
         s = scale if scale is not None else self.scale(rows)
         n, mean, var, std = s.count, s.mean, s.var, s.std
         warm = n < cfg.warmup
-        steady = cfg.warmup >= 2 and not warm.any()  # then every stream has had two readings
+        steady = cfg.warmup >= 2 and not some(warm)  # then every stream has had two readings
         delta = x - mean
         z = delta / std
         if not steady:
@@ -123,8 +125,8 @@ class Normalizer:
             w_var = var + (delta * (x - w_mean) - var) / n1
             new_mean = np.where(warm[:, None], w_mean, new_mean)
             new_var = np.where(warm[:, None], w_var, new_var)
-        self.mean[rows] = new_mean
-        self.var[rows] = new_var
+        scatter(self.mean, rows, new_mean)
+        scatter(self.var, rows, new_var)
         self.count[rows] = n + 1
         return z.astype(np.float32)
 
@@ -189,7 +191,7 @@ class GapTracker:
         known &= dt > 0
         had = seen > 0
         usual = known & had
-        steady = usual.all()
+        steady = every(usual)
         log_dt = np.log(dt if steady else np.where(known, dt, 1.0))
         diff = log_dt - lp
         feature = diff.clip(-cfg.clip, cfg.clip)

@@ -14,6 +14,7 @@ import numpy as np
 from .calibration import EVIDENCE_CLIP, CalibrationConfig
 from .normalize import Scale
 from .seasonal import LOG_2, LOG_2PI, explained
+from .waveops import every, scatter, some
 
 
 def surprise(
@@ -38,7 +39,7 @@ def surprise(
     is lowered towards the seasonal one, in proportion to the gate (`explained`).
     """
     terms = 0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * np.exp(-log_var) + z * z)
-    if seasonal is not None and seasonal[2].any():  # a gate open somewhere in the wave
+    if seasonal is not None and some(seasonal[2]):  # a gate open somewhere in the wave
         nll = 0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * np.exp(-log_var))
         terms -= explained(z, nll, *seasonal[:3])
     if terms.shape[1] == 1:  # one channel is the one contributing (an argmax over it is 6 us)
@@ -100,7 +101,7 @@ class Calibrator:
         )
         warm = n < cfg.warmup
         # Past warm-up (and warm-up is at least one reading) no stream is at its first reading.
-        steady = cfg.warmup > 0 and not warm.any()
+        steady = cfg.warmup > 0 and not some(warm)
         miss = raw - mean
         over = raw - u
         above = raw > u
@@ -109,7 +110,7 @@ class Calibrator:
             raw, mean, u, np.maximum(dev, cfg.floor), floored_b, miss, over, above
         )
         if cfg.tail_prior:  # the tail's scale is uncertain: a Lomax beyond u (only those rows)
-            i = np.flatnonzero(above)
+            i = above.nonzero()[0]
             if len(i):
                 k = n[i] * (1.0 - cfg.quantile)
                 k += cfg.tail_prior
@@ -167,7 +168,7 @@ class Calibrator:
         wave without one costs a comparison."""
         cfg = self.config
         surprise = log_p >= cfg.recurrence_level
-        if not surprise.any():
+        if not some(surprise):
             return log_p
         i = np.flatnonzero(surprise & ~warm)
         slots = self.recur[rows[i]]
@@ -278,7 +279,7 @@ class Envelope:
         mean, std, count = scale.mean, scale.std, scale.count
         high = self._relax(self.high.take(rows, axis=0), mean, np.maximum)
         low = self._relax(self.low.take(rows, axis=0), mean, np.minimum)
-        if not count.all():  # a stream's first reading starts its envelope
+        if not every(count):  # a stream's first reading starts its envelope
             first = (count == 0)[:, None]
             high = np.where(first, x, high)
             low = np.where(first, x, low)
@@ -288,10 +289,10 @@ class Envelope:
         beyond /= np.maximum(std, share * (high - low)) if share else std
         np.minimum(beyond, self.CLIP, out=beyond)
         novelty = beyond[:, 0] if beyond.shape[1] == 1 else beyond.sum(axis=1)
-        self.high[rows] = np.maximum(high, x, out=high)
-        self.low[rows] = np.minimum(low, x, out=low)
+        scatter(self.high, rows, np.maximum(high, x, out=high))
+        scatter(self.low, rows, np.minimum(low, x, out=low))
         warm = count >= warmup
-        return novelty if warm.all() else np.where(warm, novelty, 0.0)
+        return novelty if every(warm) else np.where(warm, novelty, 0.0)
 
     def _relax(self, edge: np.ndarray, mean: np.ndarray, outward) -> np.ndarray:
         """`edge` moved towards `mean` by one reading's decay, never past it (in place)."""

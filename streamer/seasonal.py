@@ -12,6 +12,7 @@ import numpy as np
 
 from .calibration import EVIDENCE_CLIP, CalibrationConfig
 from .normalize import Scale
+from .waveops import every, some
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 LOG_2 = float(np.log(2.0))
@@ -137,9 +138,9 @@ class Seasonal:
         minute = np.floor(ts / self.MIN_STEP)
         due = minute != np.floor((ts - dt) / self.MIN_STEP)  # a first reading (NaN) is due
         work = due | opened
-        if not work.any():
+        if not some(work):
             return None
-        if work.all():
+        if every(work):
             return self._advance(rows, table, x, ts, dt, due, scale, ready, opened.any())
         idx = np.flatnonzero(work)
         part = self._advance(
