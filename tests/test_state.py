@@ -62,3 +62,21 @@ def test_new_streams_start_from_zero_state_and_known_ones_keep_theirs():
 def test_a_wave_larger_than_the_store_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         StateStore(2, 1, 1).lookup(["a", "b", "c"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(2, 5),
+    waves=st.lists(
+        st.sampled_from([["a", "b"], ["a", "b"], ["b", "a"], ["c", "d"], ["a", "c", "e"]])
+    ),
+)
+def test_a_wave_repeating_the_last_one_gets_its_streams_rows(capacity, waves):
+    """The rows of a repeated wave are reused only while no stream has moved (an eviction)."""
+    store, reference = StateStore(capacity, 1, 1), ReferenceLRU(capacity)
+    for wave in (w[:capacity] for w in waves):
+        rows, new = store.lookup(list(wave))
+        assert new.tolist() == reference.see(wave)
+        assert rows.tolist() == [store.index[s] for s in wave]
+        rows[:] = -1  # the caller's copy: the next wave's rows do not change with it
+    assert store.evicted == reference.evicted
