@@ -20,7 +20,7 @@ from .model import StepModel
 from .normalize import Scale
 from .score import hysteresis, surprise
 from .state import StateStore
-from .waveops import every, scatter, some
+from .waveops import Rows, every, gather, row_array, scatter, some, wave_rows
 
 # Readings by result: what /metrics shows as streamer_readings_total{result=...}.
 TAKEN = ("scored", "warmup")
@@ -138,45 +138,46 @@ class StreamEngine:
             self.counts["duplicate"] += int((dt == 0).sum())
             ids, ts, values, rows, dt = (_take(a, fresh) for a in (ids, ts, values, rows, dt))
 
-        self._reset_after_gaps(rows, dt)
-        has = store.has_pred.take(rows)
+        at = wave_rows(rows)  # where the wave's state is: a slice when the rows are one run
+        self._reset_after_gaps(at, dt)
+        has = gather(store.has_pred, at)
         prior = Prior(
             has,
-            store.pred_mean.take(rows, axis=0),
-            store.pred_log_var.take(rows, axis=0),
+            gather(store.pred_mean, at),
+            gather(store.pred_log_var, at),
             every(has),
         )
-        scale = store.normalizer.scale(rows)
-        z = store.normalizer.step(rows, values, scale)
+        scale = store.normalizer.scale(at)
+        z = store.normalizer.step(at, values, scale)
         warmup = store.normalizer.config.warmup
-        novelty = store.envelope.step(rows, values, scale, warmup)
+        novelty = store.envelope.step(at, values, scale, warmup)
         seasonal = None
         if store.seasonal.enabled:
-            seasonal = store.seasonal.step(rows, values, ts, dt, scale, warmup)
-        gap = store.gaps.step(rows, dt)
-        raw, score, contrib = self._score(rows, ts, z, prior, novelty, seasonal)
+            seasonal = store.seasonal.step(at, values, ts, dt, scale, warmup)
+        gap = store.gaps.step(at, dt)
+        raw, score, contrib = self._score(at, rows, ts, z, prior, novelty, seasonal)
 
-        seen = store.seen.take(rows) + 1
+        seen = gather(store.seen, at) + 1
         may_alert = prior.has & (seen > self.warmup)
         flags, entered, left = hysteresis(
-            store.anomalous.take(rows), score, self.settings.enter, self.settings.leave, may_alert
+            gather(store.anomalous, at), score, self.settings.enter, self.settings.leave, may_alert
         )
-        self._expect(rows, values, scale, prior)
+        self._expect(at, values, scale, prior)
 
         x = np.concatenate([z, gap[:, None]], axis=1)
-        mean, log_var, h_next = self.model.step(x, store.h.take(rows, axis=0))
-        store.h[rows] = h_next
-        scatter(store.pred_mean, rows, mean)
-        scatter(store.pred_log_var, rows, log_var)
+        mean, log_var, h_next = self.model.step(x, gather(store.h, at))
+        store.h[at] = h_next
+        scatter(store.pred_mean, at, mean)
+        scatter(store.pred_log_var, at, log_var)
         if not prior.complete:
-            store.has_pred[rows] = True
-        store.last_ts[rows] = ts
-        store.seen[rows] = seen
-        scatter(store.value, rows, values)
-        store.raw[rows] = raw
-        store.score[rows] = score
-        store.contrib[rows] = contrib
-        store.anomalous[rows] = flags
+            store.has_pred[at] = True
+        store.last_ts[at] = ts
+        store.seen[at] = seen
+        scatter(store.value, at, values)
+        store.raw[at] = raw
+        store.score[at] = score
+        store.contrib[at] = contrib
+        store.anomalous[at] = flags
         n_entered = int(np.count_nonzero(entered))
         if n_entered:
             store.anomalies[rows[entered]] += 1
@@ -192,18 +193,19 @@ class StreamEngine:
         self.counts[reason] += int((~mask).sum())
         return (_take(ids, mask), *(a[mask] for a in arrays))
 
-    def _reset_after_gaps(self, rows: np.ndarray, dt: np.ndarray) -> None:
+    def _reset_after_gaps(self, rows: Rows, dt: np.ndarray) -> None:
         """After a long silence the old context misleads more than it helps: start the state afresh."""
         period = self.store.gaps.period(rows)
         gone = dt > self.settings.gap_reset * period  # NaN (no period yet) compares False
         if some(gone):
-            reset = rows[gone]
+            reset = row_array(rows)[gone]
             self.store.h[reset] = 0.0
             self.store.has_pred[reset] = False
             self.counts["gap_resets"] += int(gone.sum())
 
     def _score(
         self,
+        at: Rows,
         rows: np.ndarray,
         ts: np.ndarray,
         z: np.ndarray,
@@ -220,7 +222,7 @@ class StreamEngine:
         calibrator = self.store.calibrator
         if prior.complete:  # the steady state: no masked copies
             raw = total.astype(np.float32, copy=False)
-            score = calibrator.step(rows, total, novelty, context, ts)
+            score = calibrator.step(at, total, novelty, context, ts)
         else:
             raw = np.where(has, total, np.nan).astype(np.float32)
             score = np.zeros(len(rows), np.float32)
@@ -229,7 +231,7 @@ class StreamEngine:
                 score[has] = calibrator.step(rows[has], total[has], novelty[has], part, ts[has])
         return raw, score, contrib.astype(np.int16)
 
-    def _expect(self, rows: np.ndarray, values: np.ndarray, scale: Scale, prior: Prior) -> None:
+    def _expect(self, rows: Rows, values: np.ndarray, scale: Scale, prior: Prior) -> None:
         """Expected value and 2-sigma band in sensor units: the previous step's prediction, denormalised."""
         expected = scale.mean + scale.std * prior.mean
         band = 2.0 * scale.std * np.exp(0.5 * prior.log_var)

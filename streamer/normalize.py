@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .waveops import every, scatter, some
+from .waveops import Rows, every, gather, scatter, some
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,13 @@ class Normalizer:
         self.mean[rows] = 0.0
         self.var[rows] = 0.0
 
-    def scale(self, rows: np.ndarray) -> Scale:
+    def scale(self, rows: Rows) -> Scale:
         """The statistics of these rows before their next reading (what `step` and the engine use)."""
-        mean = self.mean.take(rows, axis=0)
-        var = self.var.take(rows, axis=0)
-        return Scale(self.count.take(rows), mean, var, self._std(mean, var))
+        mean = gather(self.mean, rows)
+        var = gather(self.var, rows)
+        return Scale(gather(self.count, rows), mean, var, self._std(mean, var))
 
-    def step(self, rows: np.ndarray, x: np.ndarray, scale: Scale | None = None) -> np.ndarray:
+    def step(self, rows: Rows, x: np.ndarray, scale: Scale | None = None) -> np.ndarray:
         """z-scores of readings `x` [B, C] under each stream's statistics *before* it, then learn it.
 
         Scoring-before-learning keeps a reading from explaining itself away. A
@@ -175,18 +175,18 @@ class GapTracker:
         self.log_period[rows] = 0.0
         self.seen[rows] = 0
 
-    def period(self, rows: np.ndarray) -> np.ndarray:
+    def period(self, rows: Rows) -> np.ndarray:
         """Typical period in seconds; NaN for streams with no gap seen yet."""
-        return np.where(self.seen.take(rows) > 0, np.exp(self.log_period.take(rows)), np.nan)
+        return np.where(gather(self.seen, rows) > 0, np.exp(gather(self.log_period, rows)), np.nan)
 
-    def step(self, rows: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    def step(self, rows: Rows, dt: np.ndarray) -> np.ndarray:
         """Gap feature for gaps `dt` [B] (NaN for a stream's first reading -> 0), then learn them.
 
         The masking for unknown gaps and first gaps is done only when the batch has some.
         """
         cfg = self.config
-        seen = self.seen.take(rows)
-        lp = self.log_period.take(rows)
+        seen = gather(self.seen, rows)
+        lp = gather(self.log_period, rows)
         known = np.isfinite(dt)
         known &= dt > 0
         had = seen > 0

@@ -14,7 +14,7 @@ import numpy as np
 from .calibration import EVIDENCE_CLIP, CalibrationConfig
 from .normalize import Scale
 from .seasonal import LOG_2, LOG_2PI, explained
-from .waveops import every, scatter, some
+from .waveops import Rows, every, gather, row_array, scatter, some
 
 
 def surprise(
@@ -76,7 +76,7 @@ class Calibrator:
 
     def step(
         self,
-        rows: np.ndarray,
+        rows: Rows,
         raw: np.ndarray,
         novelty: np.ndarray | None = None,
         context: np.ndarray | None = None,
@@ -95,9 +95,9 @@ class Calibrator:
         """
         cfg = self.config
         raw = np.asarray(raw, np.float64)  # one cast, not one in every mixed-type operation
-        n = self.count.take(rows)
+        n = gather(self.count, rows)
         mean, dev, u, b, peak = (
-            getattr(self, f).take(rows) for f in ("mean", "dev", "threshold", "excess", "peak")
+            gather(getattr(self, f), rows) for f in ("mean", "dev", "threshold", "excess", "peak")
         )
         warm = n < cfg.warmup
         # Past warm-up (and warm-up is at least one reading) no stream is at its first reading.
@@ -160,7 +160,7 @@ class Calibrator:
         return score.astype(np.float32)
 
     def _damp_recurrent(
-        self, rows: np.ndarray, ts: np.ndarray, log_p: np.ndarray, warm: np.ndarray
+        self, rows: Rows, ts: np.ndarray, log_p: np.ndarray, warm: np.ndarray
     ) -> np.ndarray:
         """`log_p` with the surprises that recur at the time of day of a remembered one damped
         (in place); then remember this wave's surprises (before damping, so a routine stays
@@ -171,7 +171,8 @@ class Calibrator:
         if not some(surprise):
             return log_p
         i = np.flatnonzero(surprise & ~warm)
-        slots = self.recur[rows[i]]
+        at = row_array(rows)[i]
+        slots = self.recur[at]
         elapsed = ts[i, None] - slots
         days = np.rint(elapsed / self.DAY)
         near = (np.abs(elapsed - days * self.DAY) <= cfg.recurrence_tolerance) & (
@@ -184,7 +185,7 @@ class Calibrator:
         # slot; a new time of day replaces the oldest (an empty slot, 0, is the oldest).
         slot = np.where(near.any(axis=1), near.argmax(axis=1), slots.argmin(axis=1))
         slots[np.arange(len(i)), slot] = ts[i]
-        self.recur[rows[i]] = slots
+        self.recur[at] = slots
         log_p[i[recurs]] *= cfg.recurrence_factor
         return log_p
 
@@ -263,7 +264,7 @@ class Envelope:
 
     def step(
         self,
-        rows: np.ndarray,
+        rows: Rows,
         x: np.ndarray,
         scale: Scale,
         warmup: int,
@@ -277,8 +278,8 @@ class Envelope:
         (count < `warmup`): every early value is new.
         """
         mean, std, count = scale.mean, scale.std, scale.count
-        high = self._relax(self.high.take(rows, axis=0), mean, np.maximum)
-        low = self._relax(self.low.take(rows, axis=0), mean, np.minimum)
+        high = self._relax(gather(self.high, rows), mean, np.maximum)
+        low = self._relax(gather(self.low, rows), mean, np.minimum)
         if not every(count):  # a stream's first reading starts its envelope
             first = (count == 0)[:, None]
             high = np.where(first, x, high)

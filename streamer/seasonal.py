@@ -12,7 +12,7 @@ import numpy as np
 
 from .calibration import EVIDENCE_CLIP, CalibrationConfig
 from .normalize import Scale
-from .waveops import every, some
+from .waveops import Rows, every, gather, row_array, some
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 LOG_2 = float(np.log(2.0))
@@ -106,7 +106,7 @@ class Seasonal:
 
     def step(
         self,
-        rows: np.ndarray,
+        rows: Rows,
         x: np.ndarray,
         ts: np.ndarray,
         dt: np.ndarray,
@@ -127,7 +127,7 @@ class Seasonal:
         float32. The work is done only for the streams of the wave that learn or whose
         gate is open; on a stream read once a minute or slower that is every reading.
         """
-        table = self.table.take(rows, axis=0)
+        table = gather(self.table, rows)
         ready = scale.count >= warmup
         p = self._terms
         # Where the gate is open: the explained share 1 - resid_var / base_var above
@@ -144,7 +144,7 @@ class Seasonal:
             return self._advance(rows, table, x, ts, dt, due, scale, ready, opened.any())
         idx = np.flatnonzero(work)
         part = self._advance(
-            rows[idx],
+            row_array(rows)[idx],
             table[idx],
             x[idx],
             ts[idx],
@@ -177,7 +177,7 @@ class Seasonal:
 
     def _advance(
         self,
-        rows: np.ndarray,
+        rows: Rows,
         table: np.ndarray,
         x: np.ndarray,
         ts: np.ndarray,
@@ -203,7 +203,7 @@ class Seasonal:
         # float32 are 15x faster and off by 1e-6 rad at most (a tenth of a second of the day).
         phase = np.multiply.outer(np.fmod(ts, self.DAY) * (2.0 * np.pi / self.DAY), self._orders)
         phase += self._shift
-        basis = np.empty((len(rows), p))
+        basis = np.empty((len(ts), p))
         basis[:, 0] = 1.0
         basis[:, 1:] = np.cos(phase.astype(np.float32))
         offset = x - mean

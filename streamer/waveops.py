@@ -9,16 +9,53 @@ from __future__ import annotations
 
 import numpy as np
 
+Rows = np.ndarray | slice  # a wave's rows in the state arrays: int64 indices, or one run of them
 
-def scatter(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+
+def wave_rows(rows: np.ndarray) -> Rows:
+    """`rows` as a slice when they are one run in increasing order, else themselves.
+
+    A fleet reporting in step, each wave in the order its streams first came, has such
+    waves (so has the evaluator's replay). Through a slice a gather is a block copy
+    and a scatter a block assignment: 0.3 and 0.4 us for 1,024 rows of one float
+    instead of 0.9 and 1.1 (the recurrent state's scatter: 6 instead of 15 us), for
+    the fifty or so gathers and scatters of a wave. The check costs 3 us when it
+    succeeds, 0.5 when the wave's first and last rows already rule it out.
+    """
+    n = len(rows)
+    if n > 1 and rows[n - 1] - rows[0] == n - 1 and every(np.diff(rows) == 1):
+        return slice(int(rows[0]), int(rows[0]) + n)
+    return rows
+
+
+def row_array(rows: Rows) -> np.ndarray:
+    """The rows as int64 indices (to take a subset of them)."""
+    if isinstance(rows, slice):
+        return np.arange(rows.start, rows.stop, dtype=np.int64)
+    return rows
+
+
+def gather(source: np.ndarray, rows: Rows) -> np.ndarray:
+    """`source[rows]` as a new array, which the caller may update in place."""
+    if isinstance(rows, slice):
+        return source[rows].copy()
+    return source.take(rows, axis=0)
+
+
+def scatter(target: np.ndarray, rows: Rows, values: np.ndarray) -> None:
     """`target[rows] = values` for a [capacity, C] array and values [B, C].
 
-    With one value per row (C = 1, one channel) the assignment goes through the
-    column's 1-D view: numpy's fancy assignment with a per-row subspace costs twice
-    the flat one (3.2 vs 1.5 us for 1,024 rows), and the engine makes about ten of
-    them per wave.
+    With fancy indices and one value per row (C = 1, one channel) the assignment goes
+    through the column's 1-D view: numpy's fancy assignment with a per-row subspace
+    costs twice the flat one (3.2 vs 1.5 us for 1,024 rows), and the engine makes
+    about ten of them per wave. The result is the same either way.
     """
-    if target.ndim == 2 and target.shape[1] == 1 and np.ndim(values) == 2:
+    if (
+        not isinstance(rows, slice)
+        and target.ndim == 2
+        and target.shape[1] == 1
+        and np.ndim(values) == 2
+    ):
         target[:, 0][rows] = values[:, 0]
     else:
         target[rows] = values
