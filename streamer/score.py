@@ -215,6 +215,8 @@ class Calibrator:
     ) -> np.ndarray:
         """-log p, increasing in `raw`: the exponential tail beyond the threshold `u`; from the
         stream's mean (p = 1/2) up to `u` a straight line; below the mean, decaying to 0.
+        With `tail_prior` the rows beyond `u` (about one in a hundred) are left as they come:
+        `step` puts the Lomax there.
 
         `dev` and `b` are floored. `miss` (raw - mean), `over` (raw - u) and `above` (raw > u)
         come from the caller, which needs them too; they are left unchanged.
@@ -230,9 +232,10 @@ class Calibrator:
             rise *= self._log_tail - LOG_2
             rise += LOG_2
             log_p = np.where(raw >= mean, rise, log_p)  # a masked copy is slower at half density
-            beyond = np.divide(over, b)
-            beyond += self._log_tail
-            np.copyto(log_p, beyond, where=above)
+            if not self.config.tail_prior:
+                beyond = np.divide(over, b)
+                beyond += self._log_tail
+                np.copyto(log_p, beyond, where=above)
         return log_p
 
 
