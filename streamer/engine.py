@@ -20,7 +20,7 @@ from .model import StepModel
 from .normalize import Scale
 from .score import hysteresis, surprise
 from .state import StateStore
-from .waveops import Rows, every, gather, row_array, scatter, some, wave_rows
+from .waveops import Rows, every, gather, peek, row_array, scatter, some, wave_rows
 
 # Readings by result: what /metrics shows as streamer_readings_total{result=...}.
 TAKEN = ("scored", "warmup")
@@ -165,7 +165,7 @@ class StreamEngine:
         self._expect(at, values, scale, prior)
 
         x = np.concatenate([z, gap[:, None]], axis=1)
-        mean, log_var, h_next = self.model.step(x, gather(store.h, at))
+        mean, log_var, h_next = self.model.step(x, peek(store.h, at))  # session.run only reads it
         store.h[at] = h_next
         scatter(store.pred_mean, at, mean)
         scatter(store.pred_log_var, at, log_var)

@@ -42,6 +42,15 @@ def gather(source: np.ndarray, rows: Rows) -> np.ndarray:
     return source.take(rows, axis=0)
 
 
+def peek(source: np.ndarray, rows: Rows) -> np.ndarray:
+    """`source[rows]` to be read only, before anything is scattered to those rows: through a
+    slice the rows themselves (a view; the recurrent state of 1,024 GRU-64 streams is 256 kB,
+    a 6 us copy), else a gather."""
+    if isinstance(rows, slice):
+        return source[rows]
+    return source.take(rows, axis=0)
+
+
 def scatter(target: np.ndarray, rows: Rows, values: np.ndarray) -> None:
     """`target[rows] = values` for a [capacity, C] array and values [B, C].
 
