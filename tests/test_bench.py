@@ -49,8 +49,9 @@ def test_engine_rows_compare_engine_session_and_naive(quick):
     rows = quick["engine"]
     assert [(r["hidden"], r["batch"]) for r in rows] == [(16, 1), (16, 64)]
     for r in rows:
-        assert min(r["engine"], r["session"], r["naive"]) > 0
+        assert min(r["engine"], r["shuffled"], r["session"], r["naive"]) > 0
         assert math.isclose(r["vs_session"], r["engine"] / r["session"])
+        assert math.isclose(r["shuffled_vs_session"], r["shuffled"] / r["session"])
     assert rows[1]["engine"] > rows[0]["engine"]  # a batch of 64 beats 64 single steps
 
 

@@ -3,7 +3,11 @@
 Three ways to advance streams by one reading each, with the same weights:
 
     engine   StreamEngine.step on a wave of B streams: the daemon's whole per-wave path
-             (lookup, drop checks, normalise, score, calibrate, one session.run, scatter)
+             (lookup, drop checks, normalise, score, calibrate, one session.run, scatter),
+             the same streams in the same order every wave (a fleet reporting in step,
+             so the state store's rows are one run and the last wave's rows are reused)
+    shuffled the same, each wave in a new order: the rows are scattered and no wave
+             repeats the last, as when streams report at their own times
     session  onnxruntime session.run of the same file at batch B, the state fed back:
              the ceiling, what the network alone costs
     naive    the torch module one reading at a time, per-stream states in a dict:
@@ -38,6 +42,7 @@ class EngineRow:
     hidden: int
     batch: int
     engine: float  # stream-steps per CPU second
+    shuffled: float  # the engine, each wave in a new order
     session: float
     naive: float  # readings per CPU second, one at a time (independent of the batch)
 
@@ -46,11 +51,16 @@ class EngineRow:
         return self.engine / self.session
 
     @property
+    def shuffled_vs_session(self) -> float:
+        return self.shuffled / self.session
+
+    @property
     def vs_naive(self) -> float:
         return self.engine / self.naive
 
     def to_dict(self) -> dict[str, float]:
-        return {**self.__dict__, "vs_session": self.vs_session, "vs_naive": self.vs_naive}
+        ratios = {k: getattr(self, k) for k in ("vs_session", "shuffled_vs_session", "vs_naive")}
+        return {**self.__dict__, **ratios}
 
 
 def export_gru(hidden: int, directory: Path):
@@ -77,9 +87,13 @@ def cpu_rate(step: Callable[[], int], slice_s: float) -> float:
 
 
 class EngineDriver:
-    """Waves of the same B streams, one reading each, 1 s apart: a fleet reporting in step."""
+    """Waves of the same B streams, one reading each, 1 s apart: a fleet reporting in step.
 
-    def __init__(self, model: StepModel, batch: int, calibration: str = "") -> None:
+    `shuffled`: each wave lists the streams in another order (one of 64 permutations)."""
+
+    def __init__(
+        self, model: StepModel, batch: int, calibration: str = "", shuffled: bool = False
+    ) -> None:
         self.engine = StreamEngine(
             model, EngineSettings(capacity=batch), CalibrationConfig().with_overrides(calibration)
         )
@@ -90,13 +104,16 @@ class EngineDriver:
         self.values = (
             20 + np.sin(t / 5.0 + phase)[..., None] + 0.1 * rng.normal(size=(64, batch, 1))
         )
+        orders = [rng.permutation(batch) if shuffled else np.arange(batch) for _ in range(64)]
+        self.waves = [([self.ids[i] for i in o], o) for o in orders]
         self.t = 0
 
     def __call__(self) -> int:
         self.t += 1
-        ts = np.full(len(self.ids), T0 + self.t)
-        self.engine.step(self.ids, ts, self.values[self.t % len(self.values)])
-        return len(self.ids)
+        ids, order = self.waves[self.t % len(self.waves)]
+        ts = np.full(len(ids), T0 + self.t)
+        self.engine.step(ids, ts, self.values[self.t % len(self.values)][order])
+        return len(ids)
 
 
 class SessionDriver:
@@ -158,15 +175,16 @@ def measure(
             naive = NaiveDriver(module)
             naive_rate = float(np.median([cpu_rate(naive, slice_s) for _ in range(rounds)]))
             for batch in batches:
-                engine, session = (
+                drivers = (
                     EngineDriver(model, batch, calibration),
+                    EngineDriver(model, batch, calibration, shuffled=True),
                     SessionDriver(model, batch),
                 )
-                for warm in (engine, session):
+                for warm in drivers:
                     warm()
-                pairs = [
-                    (cpu_rate(engine, slice_s), cpu_rate(session, slice_s)) for _ in range(rounds)
-                ]
-                e, s = np.median(pairs, axis=0)
-                rows.append(EngineRow(hidden, batch, float(e), float(s), naive_rate))
+                slices = [[cpu_rate(d, slice_s) for d in drivers] for _ in range(rounds)]
+                e, shuffled, s = np.median(slices, axis=0)
+                rows.append(
+                    EngineRow(hidden, batch, float(e), float(shuffled), float(s), naive_rate)
+                )
     return rows

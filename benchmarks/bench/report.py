@@ -71,14 +71,26 @@ def e2e_table(summary: dict[str, dict]) -> str:
 
 def engine_table(rows: list[dict]) -> str:
     return table(
-        ["hidden", "batch", "engine steps/s", "session.run", "x session", "naive torch", "x naive"],
+        [
+            "hidden",
+            "batch",
+            "engine steps/s",
+            "shuffled",
+            "session.run",
+            "x session",
+            "shuffled x session",
+            "naive torch",
+            "x naive",
+        ],
         [
             [
                 r["hidden"],
                 r["batch"],
                 r["engine"],
+                r["shuffled"],
                 r["session"],
                 r["vs_session"],
+                r["shuffled_vs_session"],
                 r["naive"],
                 r["vs_naive"],
             ]

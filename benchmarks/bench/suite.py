@@ -176,6 +176,14 @@ def verdicts(results: dict) -> list[Verdict]:
         r = rows[(64, 1024)]
         out.append(Verdict("engine GRU-64 batch 1024 / session.run", r["vs_session"], 0.7, True))
         out.append(
+            Verdict(
+                "engine GRU-64 batch 1024, waves in any order / session.run",
+                r["shuffled_vs_session"],
+                0.7,
+                True,
+            )
+        )
+        out.append(
             Verdict("engine GRU-64 batch 1024 / naive torch loop", r["vs_naive"], 50.0, True)
         )
     mem = results.get("memory", [])
