@@ -10,8 +10,8 @@ and ships the batch to the daemon as one frame when the socket has no more to re
 when it holds BATCH_MAX messages or when its oldest waited BATCH_AGE_S.
 
 The body is the payload as it came, or, for a payload of PARSE_FROM_BYTES or more,
-what the route's parser made of it (its runs of readings, or the BadInput it
-raised). A small payload is one or a few readings, and here paho's per-message cost
+what the route's parser made of it (its runs of readings, a long run's columns as
+float64 bytes, or the BadInput it raised). A small payload is one or a few readings, and here paho's per-message cost
 is the bound, so it goes on as it is; a large one is many readings, and then the
 engine thread is the bound, so its per-reading parsing is better done here, on
 the other core.
@@ -389,8 +389,9 @@ class Relay:
 
 
 def _parse(parser: Parser, topic: str, payload: bytes) -> Body:
-    """The payload's runs as plain tuples, or the BadInput it raised; the payload itself if
-    parsing failed unexpectedly (the daemon parses it again, and counts and logs the failure).
+    """The payload's runs as plain tuples (`pack`), or the BadInput it raised; the payload
+    itself if parsing failed unexpectedly (the daemon parses it again, and counts and logs
+    the failure).
 
     Plain tuples, because a NamedTuple is pickled through its class: 6 times the cost
     (80 vs 14 us to pickle 100 one-reading runs of a SenML pack).
@@ -406,7 +407,7 @@ def _parse(parser: Parser, topic: str, payload: bytes) -> Body:
 def pack(stream: str, ts: list[float], values: list[tuple[float, ...]]) -> tuple:
     """A run as it travels. A long one's times and values go as float64 bytes: the engine
     thread unpickles two objects instead of one per time, value and reading (an array of
-    100 readings: 12 -> 0.6 us), and steps them as numpy views (`ingest.columns`)."""
+    100 readings: 12 -> 0.6 us), and steps them as numpy views (`unpack`)."""
     n = len(ts)
     if n < PACK_FROM_READINGS:
         return (stream, ts, values)
