@@ -15,6 +15,7 @@ from conftest import Client, daemon_config, metric_value, samples, scrape, wait_
 from streamer.config import RouteConfig
 from streamer.engine import StreamEngine
 from streamer.model import StepModel
+from streamer.receiver import PARSE_FROM_BYTES
 
 T0 = 1_700_000_000.0
 
@@ -156,6 +157,35 @@ def test_mqtt_path_equals_direct_engine_replay(broker, start_daemon, mqtt_client
     with d.pipeline.lock:
         rows = live.rows_of(list(streams))
         for field in ("score", "raw", "h", "expected", "anomalies"):
+            assert np.array_equal(
+                getattr(live, field)[rows],
+                getattr(replay.store, field)[replay.store.rows_of(list(streams))],
+            ), field
+
+
+def test_arrays_parsed_and_packed_in_the_receiver_score_as_a_direct_replay(
+    broker, start_daemon, mqtt_client, model_path
+):
+    """Arrays of 25 readings (over PARSE_FROM_BYTES) are parsed in the receiver process and
+    travel packed (float64 bytes): the engine must end exactly where a replay ends."""
+    streams = {f"a{i}": series(150, i) for i in range(3)}
+    d = start_daemon(daemon_config(broker))
+    for start in range(0, 150, 25):
+        for sid, values in streams.items():
+            pack = [
+                {"value": float(values[t]), "ts": T0 + 60 * t} for t in range(start, start + 25)
+            ]
+            payload = orjson.dumps(pack)
+            assert len(payload) >= PARSE_FROM_BYTES
+            mqtt_client.client.publish(f"sensors/{sid}", payload, qos=1)
+    wait_until(lambda: taken(d) >= 450, what="all readings")
+    replay = StreamEngine(StepModel(model_path))
+    for t in range(150):
+        replay.step(list(streams), [T0 + 60 * t] * 3, [[v[t]] for v in streams.values()])
+    live = d.engines[0].store
+    with d.pipeline.lock:
+        rows = live.rows_of(list(streams))
+        for field in ("score", "raw", "h", "expected", "value", "anomalies"):
             assert np.array_equal(
                 getattr(live, field)[rows],
                 getattr(replay.store, field)[replay.store.rows_of(list(streams))],
