@@ -1,6 +1,6 @@
 """The engine alone, no MQTT: stream-steps/s of `StreamEngine.step`, its ceiling and the naive way.
 
-Three ways to advance streams by one reading each, with the same weights:
+Four ways to advance streams by one reading each, with the same weights:
 
     engine   StreamEngine.step on a wave of B streams: the daemon's whole per-wave path
              (lookup, drop checks, normalise, score, calibrate, one session.run, scatter),
@@ -15,7 +15,7 @@ Three ways to advance streams by one reading each, with the same weights:
 
 The models are untrained GRUs (speed does not depend on the weights), exported with
 `training.export.export_onnx`, run as the daemon runs them: one onnxruntime thread,
-and one torch thread for the naive loop. Engine and session alternate in short slices,
+and one torch thread for the naive loop. Engine, shuffled and session alternate in short slices,
 so a change of load on a shared machine hits both alike, and a rate is steps per
 second of this process's CPU time: on a busy machine wall time measures the neighbours.
 """
