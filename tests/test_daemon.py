@@ -145,22 +145,30 @@ def publish_fleet(client: Client, streams: dict[str, np.ndarray], junk_every: in
     return n * len(streams)
 
 
+def assert_state_as_replayed(
+    d, streams: dict[str, np.ndarray], model_path, fields: tuple[str, ...]
+) -> None:
+    """The daemon's per-stream `fields` equal those of a direct engine replay of `streams`
+    (readings 60 s apart from T0, all streams in every wave)."""
+    replay = StreamEngine(StepModel(model_path))
+    for t in range(len(next(iter(streams.values())))):
+        replay.step(list(streams), [T0 + 60 * t] * len(streams), [[v[t]] for v in streams.values()])
+    live = d.engines[0].store
+    with d.pipeline.lock:
+        rows = live.rows_of(list(streams))
+        for field in fields:
+            assert np.array_equal(
+                getattr(live, field)[rows],
+                getattr(replay.store, field)[replay.store.rows_of(list(streams))],
+            ), field
+
+
 def test_mqtt_path_equals_direct_engine_replay(broker, start_daemon, mqtt_client, model_path):
     streams = {f"m{i}": series(150, i) for i in range(3)}
     d = start_daemon(daemon_config(broker))
     n = publish_fleet(mqtt_client, streams, junk_every=5)
     wait_until(lambda: taken(d) >= n, what="all readings")
-    replay = StreamEngine(StepModel(model_path))
-    for t in range(150):
-        replay.step(list(streams), [T0 + 60 * t] * 3, [[v[t]] for v in streams.values()])
-    live = d.engines[0].store
-    with d.pipeline.lock:
-        rows = live.rows_of(list(streams))
-        for field in ("score", "raw", "h", "expected", "anomalies"):
-            assert np.array_equal(
-                getattr(live, field)[rows],
-                getattr(replay.store, field)[replay.store.rows_of(list(streams))],
-            ), field
+    assert_state_as_replayed(d, streams, model_path, ("score", "raw", "h", "expected", "anomalies"))
 
 
 def test_arrays_parsed_and_packed_in_the_receiver_score_as_a_direct_replay(
@@ -179,17 +187,8 @@ def test_arrays_parsed_and_packed_in_the_receiver_score_as_a_direct_replay(
             assert len(payload) >= PARSE_FROM_BYTES
             mqtt_client.client.publish(f"sensors/{sid}", payload, qos=1)
     wait_until(lambda: taken(d) >= 450, what="all readings")
-    replay = StreamEngine(StepModel(model_path))
-    for t in range(150):
-        replay.step(list(streams), [T0 + 60 * t] * 3, [[v[t]] for v in streams.values()])
-    live = d.engines[0].store
-    with d.pipeline.lock:
-        rows = live.rows_of(list(streams))
-        for field in ("score", "raw", "h", "expected", "value", "anomalies"):
-            assert np.array_equal(
-                getattr(live, field)[rows],
-                getattr(replay.store, field)[replay.store.rows_of(list(streams))],
-            ), field
+    fields = ("score", "raw", "h", "expected", "value", "anomalies")
+    assert_state_as_replayed(d, streams, model_path, fields)
 
 
 def test_anomaly_enter_and_leave_events_on_mqtt(broker, start_daemon, mqtt_client):
