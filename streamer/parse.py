@@ -72,7 +72,8 @@ _STR = frozenset({str})
 class Run(NamedTuple):
     """One stream's readings from one message, oldest first: columns, not an object per reading.
 
-    A tuple, because runs parsed in the receiver process are pickled to the daemon."""
+    A tuple, so that a run parsed here and one shipped by the receiver process (a plain
+    tuple, `receiver.pack`) are unpacked alike as (stream, ts, values)."""
 
     stream: str
     ts: list[float]  # epoch seconds; the arrival time when the payload carries none
